@@ -1,0 +1,93 @@
+"""Engine: loads the models and the sandbox once per process and runs searches on them.
+
+The CLI, the web app, evaluation and training rollouts all go through `Engine`, so each gets the
+same models, prompt and search code.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+from .config import SearchConfig
+from .tree import Event, Tree
+from .weights import Weights, load_weights
+
+
+class Engine:
+    """Models + sandbox, loaded once. Thread-safe: searches are serialised on one lock (one model
+    in memory, one search at a time; the web app queues in front of it)."""
+
+    def __init__(self, *, policy, ppm=None, executor, few_shot: bool = False, description: str = "",
+                 weights: Weights | None = None) -> None:
+        self.policy, self.ppm, self.executor = policy, ppm, executor
+        self.few_shot, self.description, self.weights = few_shot, description, weights
+        self.lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        weights_dir: str | Path | None = None,
+        policy_path: str | Path | None = None,
+        policy_adapter: str | Path | None = None,
+        ppm_path: str | Path | None = None,
+        ppm_adapter: str | Path | None = None,
+        ppm_head: str | Path | None = None,
+        api_url: str | None = None,
+        api_model: str | None = None,
+        few_shot: bool | None = None,
+        no_ppm: bool = False,
+        max_candidates: int = 8,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        sandbox_workers: int = 1,
+    ) -> "Engine":
+        """Build an engine from weights/manifest.json (default) or explicit paths.
+
+        policy_path / ppm_path override the manifest's GGUF files (any GGUF works); api_url uses
+        an OpenAI-compatible server as the policy instead of a local model.
+        """
+        from .sandbox import Sandbox
+
+        w = load_weights(weights_dir) if not (policy_path and (ppm_head or no_ppm)) else None
+        base = Path(policy_path) if policy_path else w.base
+        adapter = policy_adapter if policy_path else (w.policy_adapter if w else None)
+        shot = few_shot if few_shot is not None else (w.few_shot if w and not policy_path else adapter is None)
+        if api_url:
+            from .models.openai_api import OpenAIPolicy
+            policy = OpenAIPolicy(api_url, model=api_model, n_ctx=n_ctx, tokenizer_path=base)
+        else:
+            from .models.llama_cpp import LlamaPolicy
+            policy = LlamaPolicy(base, adapter=str(adapter) if adapter else None, max_candidates=max_candidates,
+                                 n_ctx=n_ctx, n_threads=n_threads)
+        ppm = None
+        head = ppm_head or (w.ppm_head if w else None)
+        if head and not no_ppm:
+            from .models.llama_cpp import LlamaPPM
+            padapter = ppm_adapter if (ppm_head or ppm_path) else (w.ppm_adapter if w else None)
+            ppm = LlamaPPM(ppm_path or base, head, adapter=str(padapter) if padapter else None,
+                           max_candidates=max_candidates, n_ctx=n_ctx, n_threads=n_threads)
+        desc = w.describe() if (w and not policy_path and not api_url) else (
+            f"policy {getattr(policy, 'name', '?')}" + (f", {ppm.name}" if ppm else ", no PPM"))
+        if shot:
+            desc += " [few-shot prompt]"
+        return cls(policy=policy, ppm=ppm, executor=Sandbox(workers=sandbox_workers), few_shot=shot,
+                   description=desc, weights=w)
+
+    def solve(self, problem: str, config: SearchConfig, *, gold: str | None = None,
+              on_event: Callable[[Event], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> Tree:
+        """Run one search (see search.run); raises steps.ProblemError for unusable problems."""
+        from .search import run
+        from .steps import clean_problem
+        clean_problem(problem)  # refuse bad input before waiting for the lock
+        with self.lock:
+            tree = run(problem, policy=self.policy, ppm=self.ppm, executor=self.executor, config=config,
+                       few_shot=self.few_shot, gold=gold, on_event=on_event, should_stop=should_stop)
+        tree.meta["engine"] = self.description
+        return tree
+
+    def close(self) -> None:
+        self.executor.close()

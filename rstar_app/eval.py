@@ -1,0 +1,146 @@
+"""Benchmarks: `rstar-app eval --bench gsm8k --strategy mcts --limit 50`.
+
+Per-problem results go to a JSONL (append-only, flushed per problem: a killed run resumes where it
+stopped); a summary row per run and a plot of accuracy against generated tokens per problem over all
+runs in the output directory, so strategies are compared at equal budget. Ground truth is used for
+grading only, never as a search reward.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+from .grading import is_correct
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def load_bench(name: str, data_dir: str | Path | None = None) -> list[dict]:
+    """[{id, question, gold}] for gsm8k (test), svamp, multiarith, math500."""
+    d = Path(data_dir) if data_dir else Path(os.environ.get("RSTAR_DATA", DEFAULT_DATA))
+    if name == "gsm8k":
+        rows = [json.loads(l) for l in open(d / "gsm8k" / "test.jsonl")]
+        return [{"id": f"gsm8k-{i}", "question": r["question"], "gold": r["answer"].split("####")[-1].strip().replace(",", "")}
+                for i, r in enumerate(rows)]
+    if name == "svamp":
+        rows = json.load(open(d / "svamp" / "SVAMP.json"))
+        return [{"id": r["ID"], "question": _sentence(r["Body"]) + " " + r["Question"].strip(),
+                 "gold": _num(r["Answer"])} for r in rows]
+    if name == "multiarith":
+        rows = json.load(open(d / "multiarith" / "test.json"))
+        return [{"id": f"multiarith-{r['id']}", "question": r["problem"].strip(), "gold": str(r["solution"]).strip()} for r in rows]
+    if name == "math500":
+        rows = [json.loads(l) for l in open(d / "math500" / "test.jsonl")]
+        return [{"id": r["unique_id"], "question": r["problem"], "gold": r["answer"]} for r in rows]
+    raise ValueError(f"unknown benchmark {name!r}")
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def subset(items: list[dict], limit: int, seed: int) -> list[dict]:
+    """A fixed random subset (same seed, same problems, whatever the strategy)."""
+    if limit <= 0 or limit >= len(items):
+        return items
+    return random.Random(seed).sample(items, limit)
+
+
+def run_name(a) -> str:
+    return f"{a.bench}-{a.strategy}-r{a.rollouts}-k{a.candidates}-s{a.seed}-n{a.limit}-ss{a.sample_seed}"
+
+
+def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: bool = True) -> list[dict]:
+    """Solve every item not already in out_path; returns all rows (old and new)."""
+    done = {}
+    if out_path.exists():
+        for line in out_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                done[row["id"]] = row
+            except (json.JSONDecodeError, KeyError):
+                continue  # a half-written last line from a killed run: redo that problem
+    rows = [done[it["id"]] for it in items if it["id"] in done]
+    with open(out_path, "a") as f:
+        for k, it in enumerate(items):
+            if it["id"] in done:
+                continue
+            t0 = time.monotonic()
+            tree = engine.solve(it["question"], config)
+            row = {"id": it["id"], "gold": it["gold"], "answer": tree.answer,
+                   "correct": is_correct(tree.answer, it["gold"]), "tokens": tree.meta["stats"]["tokens"],
+                   "seconds": round(time.monotonic() - t0, 2), "nodes": len(tree.nodes),
+                   "stopped": tree.meta.get("stopped")}
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            rows.append(row)
+            if progress:
+                acc = sum(r["correct"] for r in rows) / len(rows)
+                print(f"[{len(rows)}/{len(items)}] {it['id']}: {row['answer']!r} vs {it['gold']!r} "
+                      f"{'ok' if row['correct'] else 'x'}  acc {acc:.3f}  {row['tokens']} tok {row['seconds']} s", flush=True)
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    n = len(rows) or 1
+    return {"problems": len(rows), "accuracy": round(sum(r["correct"] for r in rows) / n, 4),
+            "tokens_per_problem": round(sum(r["tokens"] for r in rows) / n, 1),
+            "seconds_per_problem": round(sum(r["seconds"] for r in rows) / n, 2)}
+
+
+def write_plot(out_dir: Path) -> Path | None:
+    """accuracy vs tokens per problem, one point per run summary in out_dir (plotly HTML, no CDN)."""
+    runs = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*.summary.json"))]
+    if not runs:
+        return None
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for bench in sorted({r["bench"] for r in runs}):
+        for strat in sorted({r["strategy"] for r in runs if r["bench"] == bench}):
+            rs = sorted((r for r in runs if r["bench"] == bench and r["strategy"] == strat),
+                        key=lambda r: r["tokens_per_problem"])
+            fig.add_scatter(x=[r["tokens_per_problem"] for r in rs], y=[r["accuracy"] for r in rs],
+                            mode="lines+markers", name=f"{bench} {strat}", text=[r["run"] for r in rs])
+    fig.update_layout(xaxis_title="generated tokens per problem", yaxis_title="accuracy",
+                      xaxis_type="log", template="plotly_white")
+    path = out_dir / "accuracy_vs_tokens.html"
+    fig.write_html(path, include_plotlyjs=True)
+    return path
+
+
+def main(a) -> int:
+    from .cli import config_from_args, engine_from_args
+    config = config_from_args(a)
+    items = subset(load_bench(a.bench, a.data), a.limit, a.sample_seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = run_name(a)
+    engine = engine_from_args(a, max_candidates=config.candidates)
+    print(f"{name}: {len(items)} problems, models: {engine.description}")
+    try:
+        rows = evaluate(engine, items, config, out / f"{name}.jsonl")
+    finally:
+        engine.close()
+    summary = {"run": name, "bench": a.bench, "strategy": a.strategy, "rollouts": a.rollouts,
+               "candidates": a.candidates, "models": engine.description, **summarize(rows)}
+    tmp = out / f"{name}.summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out / f"{name}.summary.json")
+    plot = write_plot(out)
+    print("\n| run | problems | accuracy | tokens/problem | s/problem |\n|---|---|---|---|---|")
+    for p in sorted(out.glob("*.summary.json")):
+        s = json.loads(p.read_text())
+        print(f"| {s['run']} | {s['problems']} | {s['accuracy']:.3f} | {s['tokens_per_problem']} | {s['seconds_per_problem']} |")
+    if plot:
+        print(f"\nplot: {plot}")
+    return 0

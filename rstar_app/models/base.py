@@ -1,0 +1,54 @@
+"""The two protocols the search talks to, and the executor's. No heavy imports here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generated continuation: text without its stop marker, the marker that ended it
+    (None when the token limit, the context or EOS ended it) and tokens generated."""
+
+    text: str
+    stop: str | None
+    tokens: int
+
+
+class Policy(Protocol):
+    """Proposes candidate next steps for a prefix (prompt + steps so far)."""
+
+    name: str
+    n_ctx: int
+
+    def generate(
+        self,
+        prefix: str,
+        *,
+        n: int,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        seed: int,
+        stop: Sequence[str],
+    ) -> list[Candidate]:
+        """n candidates; candidate i is sampled with seed `seed + i`, so results are reproducible."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+class ValueModel(Protocol):
+    """The process preference model: a score in [-1, 1] for prompt + steps so far."""
+
+    name: str
+
+    def score(self, prefix: str, steps: Sequence[str]) -> list[float]:
+        """Score `prefix + s` for each s in steps (siblings share the prefix, computed once)."""
+        ...
+
+
+class Executor(Protocol):
+    def run(self, codes: Sequence[str]): ...  # -> rstar_app.sandbox.ExecResult

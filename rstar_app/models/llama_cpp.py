@@ -1,0 +1,400 @@
+"""llama-cpp-python backends: a batched policy and an incremental PPM over one loaded GGUF model.
+
+Why the low-level API: the high-level `Llama` object caches one sequence and re-evaluates a prefix
+whenever the search jumps between branches. Here each backend owns a context of its own on the
+shared model (one adapter per context), with
+  * seq 0 holding the current prefix (prompt + steps so far), decoded once and trimmed, not redone,
+    when the next prefix shares tokens with it;
+  * a bounded LRU of per-prefix KV snapshots (`llama_state_seq_get/set_data`, KV only, ~23 KB per
+    token) so returning to an earlier branch restores instead of re-prefilling;
+  * sequences 1..K for K siblings: the prefix is copied (`llama_memory_seq_cp`, shared cells in a
+    unified KV cache) and each `llama_decode` carries one token per live sibling.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .base import Candidate
+
+# A sibling that starts a new chat turn or problem has left the step format: end it, unparsed.
+_ROGUE = ("<|user|>", "<|im_end|>", "<|im_start|>", "<|endoftext|>")
+_MODELS: dict[tuple[str, int], object] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "llama-cpp-python is not installed. Install rstar-app with `python -m rstar_app.install` "
+            "(it builds llama.cpp with the flags this CPU needs)."
+        ) from e
+    return llama_cpp
+
+
+class ModelFileError(RuntimeError):
+    """A model/adapter file is missing or unreadable; the message names the file and the fix."""
+
+
+def load_model(path: str | os.PathLike, *, n_threads: int | None = None):
+    """Load a GGUF once per process (cached); raises ModelFileError with a fix for bad files."""
+    path = str(Path(path).expanduser().resolve())
+    n_threads = n_threads or min(os.cpu_count() or 2, 8)
+    with _MODELS_LOCK:
+        if (path, n_threads) in _MODELS:
+            return _MODELS[(path, n_threads)]
+        _check_gguf(path, "model")
+        L = _llama_cpp()
+        try:
+            # n_ctx is tiny: this object's own context is unused, we only borrow its model + vocab
+            llm = L.Llama(model_path=path, n_ctx=64, n_batch=64, n_threads=n_threads, verbose=False)
+        except Exception as e:
+            raise ModelFileError(f"llama.cpp could not load {path}: {e}. The file may be corrupt or "
+                                 "not a GGUF model: re-install the weights (see README).") from None
+        _MODELS[(path, n_threads)] = llm
+        return llm
+
+
+def _check_gguf(path: str, what: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"{what} file not found: {path}. Check the path, or re-install the "
+                             "default weights with `python -m rstar_app.install`.")
+    with open(p, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelFileError(f"{what} file is not a GGUF file (bad magic): {path}. It may be "
+                                 "truncated or a Git LFS pointer; replace it with the real file.")
+
+
+class SeqContext:
+    """One llama context over a shared model: prefix bookkeeping, snapshots, batched decode."""
+
+    def __init__(self, llm, *, n_ctx: int, n_seq: int, n_batch: int = 512, embeddings: bool = False,
+                 adapter: str | None = None, snapshot_mb: int = 256, n_threads: int | None = None):
+        L = self.L = _llama_cpp()
+        self.llm = llm
+        self.vocab = L.llama_model_get_vocab(llm.model)
+        cp = L.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, n_seq
+        cp.kv_unified = True  # without it siblings get "failed to find a memory slot"
+        cp.n_threads = cp.n_threads_batch = n_threads or min(os.cpu_count() or 2, 8)
+        if embeddings:
+            cp.embeddings = True
+            cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE
+        self.ctx = L.llama_init_from_model(llm.model, cp)
+        if not self.ctx:
+            raise RuntimeError(f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq={n_seq})")
+        self.adapter = None
+        if adapter:
+            _check_gguf(adapter, "adapter")
+            self.adapter = L.llama_adapter_lora_init(llm.model, str(adapter).encode())
+            if not self.adapter:
+                raise ModelFileError(f"llama.cpp could not load the LoRA adapter {adapter}: it may be "
+                                     "corrupt or made for another base model.")
+            L.llama_set_adapters_lora(self.ctx, (L.llama_adapter_lora_p_ctypes * 1)(self.adapter), 1,
+                                      (ctypes.c_float * 1)(1.0))
+        self.mem = L.llama_get_memory(self.ctx)
+        self.n_ctx, self.n_seq, self.n_batch = n_ctx, n_seq, n_batch
+        self.batch = L.llama_batch_init(n_batch, 0, n_seq)
+        self.held: list[int] = []                  # tokens whose KV seq 0 holds
+        self.snapshots: OrderedDict[tuple, object] = OrderedDict()
+        self.snapshot_bytes, self.snapshot_limit = 0, snapshot_mb * 2**20
+        self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "snapshot_restores": 0}
+        self.lock = threading.Lock()
+
+    # -- tokens --
+    def tokenize(self, text: str) -> list[int]:
+        # special=False: marker-like text in a problem stays plain text, never a control token
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def piece(self, tok: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self.L.llama_token_to_piece(self.vocab, tok, buf, 64, 0, False)
+        return buf.raw[:max(n, 0)]
+
+    # -- decoding --
+    def decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
+        """entries = (token, pos, seq, want_output), at most n_batch of them."""
+        b = self.batch
+        assert 0 < len(entries) <= self.n_batch  # larger batches abort the process in ggml
+        for i, (tok, pos, seq, out) in enumerate(entries):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, out
+            b.seq_id[i][0] = seq
+        b.n_tokens = len(entries)
+        rc = self.L.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise ContextFull(f"llama_decode returned {rc} (context of {self.n_ctx} tokens full?)")
+
+    def load_prefix(self, toks: list[int], *, output_last: bool) -> int:
+        """Make seq 0 hold `toks`, decoding only what neither seq 0 nor a snapshot already holds.
+        Clears seqs 1..n. Returns the batch index of the last token's output (when output_last)."""
+        L = self.L
+        if not toks:
+            raise ValueError("empty prefix")
+        if len(toks) + 1 >= self.n_ctx:
+            raise ContextFull(f"prefix of {len(toks)} tokens does not fit the {self.n_ctx}-token context")
+        for s in range(1, self.n_seq):
+            L.llama_memory_seq_rm(self.mem, s, -1, -1)
+        keep = len(toks) - 1 if output_last else len(toks)  # the last token is re-decoded for its output
+        common = _lcp(self.held, toks, keep)
+        best = max((k for k in self.snapshots if common < len(k) <= keep and tuple(toks[:len(k)]) == k),
+                   key=len, default=None)
+        if best is not None:
+            L.llama_memory_seq_rm(self.mem, 0, -1, -1)
+            data = self.snapshots[best]
+            self.snapshots.move_to_end(best)
+            if L.llama_state_seq_set_data(self.ctx, data, len(data), 0) == 0:
+                raise RuntimeError("restoring a KV snapshot failed")
+            self.held, common = list(best), len(best)
+            self.stats["snapshot_restores"] += 1
+        L.llama_memory_seq_rm(self.mem, 0, common, -1)
+        self.held = self.held[:common]
+        self.stats["reused_tokens"] += common
+        self.stats["prefill_tokens"] += len(toks) - common
+        idx = -1
+        for start in range(common, len(toks), self.n_batch):
+            chunk = toks[start:start + self.n_batch]
+            last = start + len(chunk) == len(toks)
+            self.decode([(t, start + j, 0, output_last and last and j == len(chunk) - 1)
+                         for j, t in enumerate(chunk)])
+            idx = len(chunk) - 1
+        self.held = list(toks)
+        if len(toks) - common > 8:
+            self._snapshot(tuple(toks))
+        return idx
+
+    def fork(self, n: int) -> None:
+        """Copy seq 0 (the prefix) to seqs 1..n."""
+        for s in range(1, n + 1):
+            self.L.llama_memory_seq_cp(self.mem, 0, s, -1, -1)
+
+    def _snapshot(self, key: tuple) -> None:
+        L = self.L
+        size = L.llama_state_seq_get_size(self.ctx, 0)
+        if size > self.snapshot_limit // 4:
+            return
+        buf = (ctypes.c_uint8 * size)()
+        L.llama_state_seq_get_data(self.ctx, buf, size, 0)
+        self.snapshots[key] = buf
+        self.snapshot_bytes += size
+        while self.snapshot_bytes > self.snapshot_limit:
+            _, old = self.snapshots.popitem(last=False)
+            self.snapshot_bytes -= len(old)
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None):
+            self.L.llama_batch_free(self.batch)
+            self.L.llama_free(self.ctx)
+            self.ctx = None
+
+    def __del__(self):  # pragma: no cover
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class ContextFull(RuntimeError):
+    pass
+
+
+def _lcp(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class LlamaPolicy:
+    """K candidate next steps for a prefix in one batch (see module docstring).
+
+    Args:
+        model_path: the base (or merged) GGUF.
+        adapter: optional LoRA adapter GGUF applied to this policy's context only.
+        max_candidates: the most siblings one call may ask for (sequences in the context).
+        n_ctx: the longest prefix + step, in tokens.
+        max_step_tokens: room reserved per sibling on top of the prefix.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, *, adapter: str | None = None,
+                 max_candidates: int = 8, n_ctx: int = 4096, max_step_tokens: int = 256,
+                 n_threads: int | None = None, snapshot_mb: int = 256, name: str | None = None):
+        self.llm = load_model(model_path, n_threads=n_threads)
+        self.n_ctx = n_ctx
+        self.max_candidates = max_candidates
+        self.cx = SeqContext(self.llm, n_ctx=n_ctx + max_candidates * max_step_tokens,
+                             n_seq=max_candidates + 1, n_threads=n_threads, adapter=adapter,
+                             snapshot_mb=snapshot_mb)
+        self.eos = set()
+        self.name = name or Path(model_path).name + (f" + {Path(adapter).name}" if adapter else "")
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.cx.tokenize(text))
+
+    def generate(self, prefix: str, *, n: int, max_tokens: int, temperature: float, top_p: float = 0.95,
+                 top_k: int = 40, seed: int = 0, stop: Sequence[str] = ()) -> list[Candidate]:
+        """n siblings in one batch; sibling i samples with seed `seed + i` (same text as a
+        sequential call with n=1 and that seed)."""
+        if not 1 <= n <= self.max_candidates:
+            raise ValueError(f"n must be in [1, {self.max_candidates}]")
+        cx, L = self.cx, self.cx.L
+        with cx.lock:
+            toks = cx.tokenize(prefix)
+            last = cx.load_prefix(toks, output_last=True)
+            cx.fork(n)
+            samplers = [self._sampler(temperature, top_p, top_k, seed + i) for i in range(n)]
+            try:
+                return self._sample_loop(toks, last, n, samplers, max_tokens, list(stop))
+            finally:
+                for smp in samplers:
+                    L.llama_sampler_free(smp)
+
+    def _sample_loop(self, toks, last, n, samplers, max_tokens, stop) -> list[Candidate]:
+        cx, L = self.cx, self.cx.L
+        out_tok: list[list[int]] = [[] for _ in range(n)]
+        raw = [b"" for _ in range(n)]
+        result: list[Candidate | None] = [None] * n
+        idx = {i: last for i in range(n)}
+        budget_cells = cx.n_ctx - len(toks)
+        while idx:
+            entries, order = [], []
+            for i, bi in list(idx.items()):
+                tok = L.llama_sampler_sample(samplers[i], cx.ctx, bi)
+                if L.llama_vocab_is_eog(cx.vocab, tok):
+                    result[i] = Candidate(_text(raw[i]), None, len(out_tok[i]) + 1)
+                    del idx[i]
+                    continue
+                out_tok[i].append(tok)
+                raw[i] += cx.piece(tok)
+                text = _text(raw[i])
+                hit = _first_stop(text, stop, _ROGUE)
+                if hit is not None:
+                    cut, marker = hit
+                    result[i] = Candidate(text[:cut], marker, len(out_tok[i]))
+                    del idx[i]
+                elif len(out_tok[i]) >= max_tokens or sum(map(len, out_tok)) >= budget_cells - n:
+                    result[i] = Candidate(text, None, len(out_tok[i]))
+                    del idx[i]
+                else:
+                    entries.append((tok, len(toks) + len(out_tok[i]) - 1, i + 1, True))
+                    order.append(i)
+            if entries:
+                try:
+                    cx.decode(entries)
+                except ContextFull:
+                    for i in order:
+                        result[i] = Candidate(_text(raw[i]), None, len(out_tok[i]))
+                    break
+                idx = {i: j for j, i in enumerate(order)}
+        return [r for r in result if r is not None]
+
+    def _sampler(self, temperature: float, top_p: float, top_k: int, seed: int):
+        L = self.cx.L
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if temperature <= 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            return chain
+        if top_k > 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(top_k))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(top_p, 1))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(temperature))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed))
+        return chain
+
+    @property
+    def stats(self) -> dict:
+        return dict(self.cx.stats)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="ignore")
+
+
+def _first_stop(text: str, stop: Sequence[str], rogue: Sequence[str]) -> tuple[int, str | None] | None:
+    """Earliest stop string in text: (cut position, marker); rogue strings give marker None."""
+    best = None
+    for s in list(stop) + list(rogue):
+        j = text.find(s)
+        if j != -1 and (best is None or j < best[0]):
+            best = (j, s if s in stop else None)
+    return best
+
+
+class LlamaPPM:
+    """Process preference model: tanh(w . h_last + b) over prompt + steps so far.
+
+    h_last is the final hidden state of the last token, read in an embeddings context (pooling
+    NONE). The shared prefix is decoded once with embeddings off; then every sibling's new tokens
+    go in one batch with an output on each sibling's last token only.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, head_path: str | os.PathLike, *,
+                 adapter: str | None = None, max_candidates: int = 8, n_ctx: int = 4096,
+                 max_step_tokens: int = 256, n_threads: int | None = None, snapshot_mb: int = 128,
+                 name: str | None = None):
+        self.llm = load_model(model_path, n_threads=n_threads)
+        head_path = Path(head_path)
+        if not head_path.is_file():
+            raise ModelFileError(f"PPM value head not found: {head_path}. Re-install the weights.")
+        try:
+            with np.load(head_path) as z:
+                self.w = np.asarray(z["weight"], dtype=np.float64).reshape(-1)
+                self.b = float(np.asarray(z["bias"]).reshape(-1)[0])
+        except Exception as e:
+            raise ModelFileError(f"PPM value head {head_path} is unreadable ({e}); re-install the weights.") from None
+        L = _llama_cpp()
+        hidden = L.llama_model_n_embd(self.llm.model)
+        if self.w.shape[0] != hidden:
+            raise ModelFileError(f"PPM head {head_path} has width {self.w.shape[0]}, model has {hidden}")
+        self.cx = SeqContext(self.llm, n_ctx=n_ctx + max_candidates * max_step_tokens,
+                             n_seq=max_candidates + 1, embeddings=True, adapter=adapter,
+                             n_threads=n_threads, snapshot_mb=snapshot_mb)
+        self.max_candidates, self.hidden = max_candidates, hidden
+        self.name = name or f"PPM {Path(adapter).name if adapter else Path(model_path).name}"
+
+    def score(self, prefix: str, steps: Sequence[str]) -> list[float]:
+        cx, L = self.cx, self.cx.L
+        out: list[float] = []
+        for start in range(0, len(steps), self.max_candidates):
+            out += self._score_group(prefix, list(steps[start:start + self.max_candidates]))
+        return out
+
+    def _score_group(self, prefix: str, steps: list[str]) -> list[float]:
+        cx, L = self.cx, self.cx.L
+        with cx.lock:
+            full = [cx.tokenize(prefix + st) for st in steps]
+            shared = min(len(f) for f in full) - 1   # each sibling keeps >= 1 own token
+            for f in full[1:]:
+                shared = _lcp(full[0], f, shared)
+            L.llama_set_embeddings(cx.ctx, False)
+            cx.load_prefix(full[0][:shared], output_last=False)
+            cx.fork(len(steps))
+            L.llama_set_embeddings(cx.ctx, True)
+            try:
+                pending = [(tok, p, i + 1, p == len(f) - 1)
+                           for i, f in enumerate(full) for p, tok in enumerate(f) if p >= shared]
+                vecs: dict[int, np.ndarray] = {}
+                for s in range(0, len(pending), cx.n_batch):
+                    chunk = pending[s:s + cx.n_batch]
+                    cx.decode(chunk)
+                    for j, (_, _, seq, outp) in enumerate(chunk):
+                        if outp:
+                            ptr = L.llama_get_embeddings_ith(cx.ctx, j)
+                            vecs[seq] = np.ctypeslib.as_array(ptr, shape=(self.hidden,)).astype(np.float64)
+            finally:
+                L.llama_set_embeddings(cx.ctx, False)
+        return [float(np.tanh(vecs[i + 1] @ self.w + self.b)) for i in range(len(steps))]
+
+    @property
+    def stats(self) -> dict:
+        return dict(self.cx.stats)

@@ -1,0 +1,212 @@
+"""What every strategy shares: budgets, cancellation, and expanding a node into checked children.
+
+Expanding a node = ask the policy for K candidate next steps in one batch, parse each, drop
+duplicates, run the cumulative program of each code step in the sandbox, score survivors with the
+PPM (when loaded) and add them to the tree. Dead ends are marked here with the reason in words.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from ..config import SearchConfig
+from ..grading import is_correct, same_answer
+from ..models.base import Executor, Policy, ValueModel
+from ..steps import STOP, Step, parse_step, render_step
+from ..tree import DEAD, ERROR, OK, TERMINAL, Cancelled, Event, Node, Tree
+
+DEAD_REWARD = -1.0
+
+
+@dataclass
+class Search:
+    """The state one search run carries around: models, settings, budget counters."""
+
+    tree: Tree
+    policy: Policy
+    ppm: ValueModel | None
+    executor: Executor
+    config: SearchConfig
+    gold: str | None = None               # ground truth for rewards: training rollouts only
+    should_stop: Callable[[], bool] | None = None
+    started: float = field(default_factory=time.monotonic)
+    tokens: int = 0
+    rollouts: int = 0
+    expansions: int = 0
+    exec_seconds: float = 0.0
+    gen_seconds: float = 0.0
+    ppm_seconds: float = 0.0
+
+    # -- budgets and cancellation --
+    def out_of_budget(self) -> str | None:
+        c = self.config
+        if c.time_limit and time.monotonic() - self.started >= c.time_limit:
+            return "time limit"
+        if c.max_tokens and self.tokens >= c.max_tokens:
+            return "token budget"
+        return None
+
+    def check_cancel(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled()
+
+    def stats(self) -> dict:
+        return {
+            "rollouts": self.rollouts, "nodes": len(self.tree.nodes), "tokens": self.tokens,
+            "expansions": self.expansions, "seconds": round(time.monotonic() - self.started, 3),
+            "generate_seconds": round(self.gen_seconds, 3), "execute_seconds": round(self.exec_seconds, 3),
+            "ppm_seconds": round(self.ppm_seconds, 3), "terminals": len(self.tree.terminals()),
+        }
+
+    def seed_for(self, node: Node) -> int:
+        # distinct, reproducible seeds per (search seed, node, expansion)
+        return (self.config.seed * 1_000_003 + node.id * 7919 + self.expansions * 104_729) % (2**31 - 64)
+
+    # -- rewards --
+    def terminal_reward(self, node: Node) -> float:
+        """+1/-1 against ground truth when given (training), else the PPM score, else 0."""
+        if self.gold is not None:
+            return 1.0 if node.correct else -1.0
+        return node.ppm if node.ppm is not None else 0.0
+
+    def kill(self, node: Node, reason: str) -> None:
+        """A rollout ended in a dead end at `node`: mark it and back -1 up the path."""
+        node.status, node.reason = DEAD, reason
+        self.tree.emit(Event("update", node.id, {"status": DEAD, "reason": reason}))
+        self.tree.backup(node, DEAD_REWARD)
+
+    # -- expansion --
+    def expand(self, node: Node, *, n: int | None = None, temperature: float | None = None) -> list[Node]:
+        """Add up to n checked children under `node`; returns the live (non-dead) new children."""
+        c = self.config
+        n = c.candidates if n is None else n
+        temperature = c.temperature if temperature is None else temperature
+        tree = self.tree
+        if node.depth >= c.max_depth:
+            self.kill(node, f"depth limit ({c.max_depth} steps)")
+            return []
+        prefix = tree.text(node)
+        if self.policy.count_tokens(prefix) + c.max_step_tokens > self.policy.n_ctx:
+            self.kill(node, f"context window full ({self.policy.n_ctx} tokens)")
+            return []
+        self.check_cancel()
+        t0 = time.monotonic()
+        cands = self.policy.generate(
+            prefix, n=n, max_tokens=c.max_step_tokens, temperature=temperature,
+            top_p=c.top_p, top_k=c.top_k, seed=self.seed_for(node), stop=STOP,
+        )
+        self.gen_seconds += time.monotonic() - t0
+        self.expansions += 1
+        self.tokens += sum(cd.tokens for cd in cands)
+
+        seen_text, seen_answers, new = set(), [], []
+        for cd in cands:
+            step = parse_step(cd.text, cd.stop)
+            key = " ".join(step.text.split())
+            if key in seen_text:
+                continue  # duplicate sibling
+            seen_text.add(key)
+            if step.kind == "answer":
+                if any(same_answer(step.answer, a) for a in seen_answers):
+                    continue  # several siblings giving the same answer: keep one
+                seen_answers.append(step.answer)
+            new.append(self._add_child(node, step, cd.tokens))
+            self.check_cancel()
+        live = [ch for ch in new if ch.status != DEAD]
+        if self.ppm is not None and live:
+            t0 = time.monotonic()
+            scores = self.ppm.score(prefix, [self._rendered(ch) for ch in live])
+            self.ppm_seconds += time.monotonic() - t0
+            for ch, s in zip(live, scores):
+                # PPM-augmented init: the score is the initial Q and counts as one visit
+                ch.ppm, ch.q, ch.n = float(s), float(s), 1
+                tree.emit(Event("update", ch.id, {"ppm": ch.ppm, "q": ch.q, "n": ch.n, "value": ch.value}))
+        for ch in new:
+            if ch.status == DEAD:  # -1 locally (reference rule); rollouts that end here back it up
+                ch.q, ch.n = DEAD_REWARD, 1
+                tree.emit(Event("update", ch.id, {"q": ch.q, "n": ch.n, "value": ch.value}))
+        return live
+
+    def _rendered(self, node: Node) -> str:
+        return render_step(Step(node.kind, node.text, code=node.code), node.output)
+
+    def _add_child(self, parent: Node, step: Step, tokens: int) -> Node:
+        tree = self.tree
+        if step.kind == "invalid":
+            return tree.add(parent, kind="invalid", text=step.text, status=DEAD, reason=step.reason, tokens=tokens)
+        if step.kind == "answer":
+            if parent.kind != "final_code":
+                # an answer must follow the program's output; one out of nowhere is a guess
+                return tree.add(parent, kind="answer", text=step.text, answer=step.answer, status=DEAD,
+                                reason="answer before the program printed a result", tokens=tokens)
+            correct = is_correct(step.answer, self.gold) if self.gold is not None else None
+            return tree.add(parent, kind="answer", text=step.text, answer=step.answer,
+                            status=TERMINAL, correct=correct, tokens=tokens)
+        if parent.kind == "final_code":
+            return tree.add(parent, kind=step.kind, text=step.text, status=DEAD, tokens=tokens,
+                            reason="code after the final answer was printed")
+        t0 = time.monotonic()
+        res = self.executor.run(tree.codes(parent) + [step.code])
+        self.exec_seconds += time.monotonic() - t0
+        if res.ok:
+            if step.kind == "final_code" and not res.stdout.strip():
+                return tree.add(parent, kind=step.kind, text=step.text, code=step.code, status=DEAD,
+                                tokens=tokens, reason="the final code printed nothing")
+            return tree.add(parent, kind=step.kind, text=step.text, code=step.code, output=res.stdout,
+                            status=OK, tokens=tokens)
+        in_row = parent.errors_in_row + 1
+        dead = in_row > self.config.max_code_errors or step.kind == "final_code"
+        return tree.add(parent, kind=step.kind, text=step.text, code=step.code, output=res.stdout,
+                        error=res.error or res.kind, status=DEAD if dead else ERROR, tokens=tokens,
+                        errors_in_row=in_row, reason=f"code failed: {res.error or res.kind}" if dead else "")
+
+    def finish(self, stopped: str | None, top_k: int | None = None) -> Tree:
+        tree = self.tree
+        tree.vote(self.config.top_k_vote if top_k is None else top_k)
+        tree.meta.update({"config": self.config.to_dict(), "stats": self.stats(), "stopped": stopped})
+        tree.emit(Event("done", None, {"answer": tree.answer, "best_path": tree.best_path, **self.stats()}))
+        return tree
+
+
+def walk_to_terminal(s: Search, node: Node, *, temperature: float | None = None,
+                     pick: Callable[[list[Node]], Node] | None = None) -> Node | None:
+    """Extend one trajectory from `node` with single-candidate expansions until an answer or a dead
+    end. Returns the terminal reached (None when the branch died)."""
+    while True:
+        if node.status == TERMINAL:
+            return node
+        if node.status == DEAD:
+            return None
+        live = s.expand(node, n=1 if pick is None else s.config.candidates, temperature=temperature)
+        if not live:
+            return None
+        node = live[0] if pick is None else pick(live)
+
+
+def run_loop(s: Search, body: Callable[[int], bool], *, limit: int | None = None,
+             top_k: int | None = None) -> Tree:
+    """Call body(i) for i < limit (default: the rollout budget) until it returns False, a budget or
+    cancellation ends the search; returns the (partial) tree with its answer voted over the top_k
+    terminals (default: config.top_k_vote)."""
+    stopped = None
+    try:
+        for i in range(s.config.rollouts if limit is None else limit):
+            stopped = s.out_of_budget()
+            if stopped:
+                break
+            s.check_cancel()
+            more = body(i)
+            s.rollouts += 1
+            s.tree.emit(Event("rollout", None, s.stats()))
+            if not more:
+                stopped = "search space exhausted"
+                break
+    except Cancelled:
+        stopped = "cancelled"
+    return s.finish(stopped, top_k)
+
+
+def backup_terminal(s: Search, node: Node) -> None:
+    s.tree.backup(node, s.terminal_reward(node))

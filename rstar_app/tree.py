@@ -1,0 +1,222 @@
+"""Node / Tree: values and visits, UCT, backup, the final-answer vote, events, and the trace JSON.
+
+Pure Python on purpose: a trace can be read, replayed and drawn without loading any model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+TRACE_FORMAT = "rstar-app-trace"
+TRACE_VERSION = 1
+MAX_TRACE_BYTES = 20_000_000
+MAX_TRACE_NODES = 20_000
+
+# Node.status values
+ROOT, OK, ERROR, DEAD, TERMINAL = "root", "ok", "error", "dead", "terminal"
+
+
+@dataclass
+class Node:
+    """One step of a trajectory. `q` is the summed reward and `n` the visits, so Q = q / n."""
+
+    id: int
+    parent: int | None
+    depth: int
+    kind: str = "root"          # root | code | final_code | answer | invalid
+    text: str = ""              # the step as generated (comment + code, or the answer sentence)
+    code: str = ""              # this step's code ('' for root/answer)
+    output: str = ""            # stdout of the cumulative program up to this step
+    error: str = ""             # the executor's or parser's message when the step failed
+    status: str = ROOT          # root | ok | error | dead | terminal
+    reason: str = ""            # why a branch died, in words
+    answer: str | None = None   # boxed answer for terminals
+    correct: bool | None = None # vs ground truth, when the problem has one
+    ppm: float | None = None    # PPM score in [-1, 1] when a PPM scored this node
+    q: float = 0.0
+    n: int = 0
+    tokens: int = 0             # tokens generated for this step
+    errors_in_row: int = 0      # consecutive failing steps on the path ending here
+    children: list[int] = field(default_factory=list)
+
+    @property
+    def value(self) -> float:
+        return self.q / self.n if self.n else 0.0
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in (TERMINAL, DEAD)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["value"] = round(self.value, 6)
+        return d
+
+
+@dataclass
+class Event:
+    """What a search reports as it goes: 'node' (created), 'update' (q/n changed), 'rollout' (one
+    finished), 'done'. `data` holds the node dict or the running statistics."""
+
+    kind: str
+    node_id: int | None = None
+    data: dict = field(default_factory=dict)
+
+
+class Cancelled(Exception):
+    """Raised inside a search when the caller's should_stop() returns True; the tree is kept."""
+
+
+class Tree:
+    def __init__(self, problem: str, prompt: str, *, gold: str | None = None) -> None:
+        self.problem = problem
+        self.prompt = prompt
+        self.gold = gold
+        self.nodes: list[Node] = [Node(id=0, parent=None, depth=0)]
+        self.meta: dict[str, Any] = {}        # strategy, config, models, timings, statistics
+        self.events: list[Event] = []         # recorded for replay
+        self.listeners: list[Callable[[Event], None]] = []
+        self.answer: str | None = None
+        self.best_path: list[int] = []
+
+    # -- structure --
+    @property
+    def root(self) -> Node:
+        return self.nodes[0]
+
+    def add(self, parent: Node, **fields) -> Node:
+        node = Node(id=len(self.nodes), parent=parent.id, depth=parent.depth + 1, **fields)
+        self.nodes.append(node)
+        parent.children.append(node.id)
+        self.emit(Event("node", node.id, node.to_dict()))
+        return node
+
+    def path(self, node: Node) -> list[Node]:
+        """Root-first list of nodes from the root to `node` (inclusive)."""
+        out = []
+        cur: Node | None = node
+        while cur is not None:
+            out.append(cur)
+            cur = self.nodes[cur.parent] if cur.parent is not None else None
+        return out[::-1]
+
+    def text(self, node: Node) -> str:
+        """prompt + rendered steps up to `node`: what the policy continues and the PPM scores."""
+        from .steps import Step, render_step
+        parts = [self.prompt]
+        for nd in self.path(node)[1:]:
+            parts.append(render_step(Step(nd.kind, nd.text, code=nd.code), nd.output))
+        return "".join(parts)
+
+    def codes(self, node: Node) -> list[str]:
+        """The code of every step on the path: what the executor runs cumulatively."""
+        return [nd.code for nd in self.path(node)[1:] if nd.code and nd.status != ERROR]
+
+    def terminals(self) -> list[Node]:
+        return [nd for nd in self.nodes if nd.status == TERMINAL and nd.answer is not None]
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+        for fn in self.listeners:
+            fn(event)
+
+    # -- MCTS arithmetic --
+    def uct(self, node: Node, c: float) -> float:
+        """UCT = Q + c * sqrt(ln N_parent / N); the exploration term is 0 while a count is 0
+        (reference rule), and unvisited nodes are tried first."""
+        parent = self.nodes[node.parent] if node.parent is not None else node
+        if node.n == 0:
+            return math.inf
+        explore = c * math.sqrt(math.log(parent.n) / node.n) if parent.n > 0 else 0.0
+        return node.value + explore
+
+    def backup(self, node: Node, reward: float) -> None:
+        """Add `reward` to q and one visit to every node from `node` up to the root."""
+        for nd in self.path(node):
+            nd.q += reward
+            nd.n += 1
+            self.emit(Event("update", nd.id, {"q": nd.q, "n": nd.n, "value": nd.value}))
+
+    # -- the answer --
+    def vote(self, top_k: int) -> str | None:
+        """Top-k terminals by value (ties: PPM score), then a majority vote over equivalent answers;
+        the vote's tie goes to the answer whose best terminal ranks higher. Sets best_path."""
+        from .grading import same_answer
+        ranked = sorted(self.terminals(), key=lambda nd: (nd.value, nd.ppm or 0.0, -nd.id), reverse=True)
+        if not ranked:
+            self.answer, self.best_path = None, []
+            return None
+        groups: list[list[Node]] = []
+        for nd in ranked[:top_k]:
+            for g in groups:
+                if same_answer(g[0].answer, nd.answer):
+                    g.append(nd)
+                    break
+            else:
+                groups.append([nd])
+        best = max(groups, key=lambda g: (len(g), -ranked.index(g[0])))[0]
+        self.answer = best.answer
+        self.best_path = [nd.id for nd in self.path(best)]
+        return self.answer
+
+    def answer_counts(self) -> Counter:
+        return Counter(nd.answer for nd in self.terminals())
+
+    # -- trace JSON --
+    def to_json(self) -> dict:
+        return {
+            "format": TRACE_FORMAT,
+            "version": TRACE_VERSION,
+            "problem": self.problem,
+            "prompt": self.prompt,
+            "gold": self.gold,
+            "answer": self.answer,
+            "best_path": self.best_path,
+            "meta": self.meta,
+            "nodes": [nd.to_dict() for nd in self.nodes],
+            "events": [asdict(e) for e in self.events],
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict | str | bytes) -> "Tree":
+        """Load a trace; raises ValueError with a message a user can act on for anything malformed."""
+        if isinstance(obj, (str, bytes)):
+            if len(obj) > MAX_TRACE_BYTES:
+                raise ValueError(f"trace is {len(obj):,} bytes; the limit is {MAX_TRACE_BYTES:,}")
+            try:
+                obj = json.loads(obj)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+                raise ValueError(f"not a JSON trace: {e}") from None
+        if not isinstance(obj, dict) or obj.get("format") != TRACE_FORMAT:
+            raise ValueError(f"not an rstar-app trace (expected \"format\": \"{TRACE_FORMAT}\")")
+        if obj.get("version") != TRACE_VERSION:
+            raise ValueError(f"trace version {obj.get('version')!r} is not supported (this app reads version {TRACE_VERSION})")
+        nodes = obj.get("nodes")
+        if not isinstance(nodes, list) or not nodes or len(nodes) > MAX_TRACE_NODES:
+            raise ValueError(f"trace must have 1..{MAX_TRACE_NODES} nodes")
+        try:
+            tree = cls(str(obj["problem"]), str(obj["prompt"]), gold=obj.get("gold"))
+            names = set(Node.__dataclass_fields__)
+            tree.nodes = []
+            for i, d in enumerate(nodes):
+                nd = Node(**{k: v for k, v in d.items() if k in names})
+                if nd.id != i or (i > 0 and not (isinstance(nd.parent, int) and 0 <= nd.parent < i)):
+                    raise ValueError(f"node {i} has a bad id or parent")
+                if not all(isinstance(c, int) and i < c < len(nodes) for c in nd.children):
+                    raise ValueError(f"node {i} has bad children")
+                tree.nodes.append(nd)
+            tree.answer = obj.get("answer")
+            tree.best_path = [int(i) for i in obj.get("best_path") or [] if 0 <= int(i) < len(nodes)]
+            tree.meta = dict(obj.get("meta") or {})
+            tree.events = [Event(str(e["kind"]), e.get("node_id"), dict(e.get("data") or {}))
+                           for e in obj.get("events") or []]
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"malformed trace: {e!r}") from None
+        return tree
+
+    def walk(self) -> Iterator[Node]:
+        yield from self.nodes

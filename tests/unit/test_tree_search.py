@@ -1,0 +1,140 @@
+"""Tree arithmetic (UCT, backup, vote) and search control flow with a scripted policy."""
+
+import math
+
+import pytest
+
+from fakes import InProcessExecutor, ScriptedPolicy, TablePPM, answer, code, final
+from rstar_app.config import SearchConfig
+from rstar_app.search import run
+from rstar_app.tree import DEAD, TERMINAL, Tree
+
+PROBLEM = "Ann has 2 apples and gets 3 more. How many?"
+
+
+def test_uct_is_value_plus_exploration_and_unvisited_first():
+    t = Tree("p", "prompt")
+    a = t.add(t.root, kind="code", status="ok")
+    b = t.add(t.root, kind="code", status="ok")
+    t.root.n = 4
+    a.q, a.n = 1.0, 2
+    assert t.uct(a, 2.0) == pytest.approx(0.5 + 2 * math.sqrt(math.log(4) / 2))
+    assert t.uct(b, 2.0) == math.inf
+
+
+def test_backup_adds_reward_and_visit_along_the_path():
+    t = Tree("p", "prompt")
+    a = t.add(t.root, kind="code", status="ok")
+    b = t.add(a, kind="answer", status="terminal", answer="5")
+    t.backup(b, 1.0)
+    t.backup(b, -1.0)
+    assert (t.root.n, t.root.q, a.n, a.q, b.value) == (2, 0.0, 2, 0.0, 0.0)
+    assert [e.kind for e in t.events].count("update") == 6
+
+
+def test_vote_takes_majority_of_top_k_by_value():
+    t = Tree("p", "prompt")
+    vals = [("5", 0.9), ("7", 0.8), ("7.0", 0.7), ("5", -0.5), ("9", 0.95)]
+    for ans, v in vals:
+        nd = t.add(t.root, kind="answer", status="terminal", answer=ans)
+        nd.q, nd.n = v, 1
+    assert t.vote(top_k=4) == "7"       # top 4: 9, 5, 7, 7.0 -> "7" twice
+    assert t.vote(top_k=1) == "9"
+    assert t.best_path[0] == 0 and t.nodes[t.best_path[-1]].answer == "9"
+
+
+def test_trace_round_trips_and_rejects_other_versions():
+    t = Tree("p", "prompt", gold="5")
+    t.add(t.root, kind="answer", status="terminal", answer="5")
+    t.vote(4)
+    t2 = Tree.from_json(t.to_json())
+    assert [n.to_dict() for n in t2.nodes] == [n.to_dict() for n in t.nodes]
+    bad = t.to_json() | {"version": 99}
+    with pytest.raises(ValueError, match="version"):
+        Tree.from_json(bad)
+    with pytest.raises(ValueError, match="JSON"):
+        Tree.from_json("{not json")
+
+
+def _script():
+    return [
+        [code("# Step 1: start\na = 2\n"), code("# Step 1: broken\na = 2 +\n"), code("# Step 1: start\na = 2\n")],
+        [final("# Now print\nprint(a + 3)\n"), final("# wrong\nprint(a * 3)\n")],
+        [answer(5), answer(6)],
+    ]
+
+
+def test_mcts_with_ground_truth_prefers_correct_branch_and_drops_duplicates():
+    pol = ScriptedPolicy(_script())
+    tree = run(PROBLEM, policy=pol, executor=InProcessExecutor(), gold="5",
+               config=SearchConfig(rollouts=12, candidates=3, seed=0, max_code_errors=0))
+    depth1 = [tree.nodes[i] for i in tree.root.children]
+    assert len(depth1) == 2                      # the duplicate "a = 2" sibling was dropped
+    assert any(n.status == DEAD and "SyntaxError" in n.reason for n in depth1)
+    assert tree.answer == "5"
+    correct = [n for n in tree.terminals() if n.correct]
+    wrong = [n for n in tree.terminals() if n.correct is False]
+    assert correct and all(n.value == 1.0 for n in correct)
+    assert all(n.value == -1.0 for n in wrong)
+    assert tree.meta["stopped"] in (None, "search space exhausted")
+
+
+def test_mcts_is_reproducible_for_a_seed():
+    def go(seed):
+        t = run(PROBLEM, policy=ScriptedPolicy(_script()), executor=InProcessExecutor(),
+                config=SearchConfig(rollouts=6, candidates=2, seed=seed))
+        return [(n.parent, n.text, n.q, n.n) for n in t.nodes]
+    assert go(3) == go(3)
+
+
+def test_ppm_score_is_initial_value_counting_one_visit():
+    pol = ScriptedPolicy(_script())
+    ppm = TablePPM({"a + 3": 0.8, "a * 3": -0.4, "start": 0.1})
+    tree = run(PROBLEM, policy=pol, ppm=ppm, executor=InProcessExecutor(),
+               config=SearchConfig(rollouts=1, candidates=3, seed=0))
+    first = tree.nodes[tree.root.children[0]]
+    assert first.ppm == pytest.approx(0.1)
+    # one rollout: the first child got its PPM visit, then the terminal's PPM reward was backed up
+    assert first.n == 2
+
+
+def test_answer_without_program_output_is_dead():
+    pol = ScriptedPolicy([[answer(5)]])
+    tree = run(PROBLEM, policy=pol, executor=InProcessExecutor(), config=SearchConfig(rollouts=2, candidates=1))
+    assert tree.answer is None
+    assert tree.nodes[1].status == DEAD and "before the program" in tree.nodes[1].reason
+
+
+def test_depth_limit_kills_branch():
+    pol = ScriptedPolicy([[code("# Step: loop\nx = 1\n")]])
+    tree = run(PROBLEM, policy=pol, executor=InProcessExecutor(),
+               config=SearchConfig(rollouts=1, candidates=1, max_depth=3))
+    assert max(n.depth for n in tree.nodes) == 3
+    assert any("depth limit" in n.reason for n in tree.nodes)
+
+
+def test_cancel_returns_partial_tree():
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 3
+    tree = run(PROBLEM, policy=ScriptedPolicy(_script()), executor=InProcessExecutor(),
+               config=SearchConfig(rollouts=50, candidates=3), should_stop=stop)
+    assert tree.meta["stopped"] == "cancelled"
+    assert tree.events[-1].kind == "done"
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "majority", "best_of_n", "beam"])
+def test_baselines_share_the_interface(strategy):
+    ppm = TablePPM({"a + 3": 0.8, "a * 3": -0.4})
+    tree = run(PROBLEM, policy=ScriptedPolicy(_script()), ppm=ppm, executor=InProcessExecutor(),
+               config=SearchConfig(strategy=strategy, rollouts=4, candidates=2, seed=0))
+    assert tree.answer in ("5", "6")
+    assert all(tree.nodes[i].status != DEAD for i in tree.best_path)
+
+
+def test_token_budget_stops_search():
+    tree = run(PROBLEM, policy=ScriptedPolicy(_script()), executor=InProcessExecutor(),
+               config=SearchConfig(rollouts=100, candidates=2, max_tokens=12))
+    assert tree.meta["stopped"] == "token budget"

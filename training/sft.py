@@ -1,0 +1,276 @@
+"""Policy SFT: LoRA on the base model over (question, solution text) pairs; loss on the solution only.
+
+Input = build_prompt(question) + text (+ EOS). Length-bucketed batches (no cross-example packing:
+masking stays exact), grad accumulation, warmup + cosine LR, bf16 autocast on CUDA, resumable
+checkpoints (rerun the same command to continue), final peft adapter + train_log.json.
+
+    python -m training.sft --data training/data/bootstrap_gsm8k.jsonl --out runs/sft-r1 \
+        --recipe training/recipes/cpu-small.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from training import loop  # noqa: E402
+from training.common import command_line, load_base, pick_device, read_jsonl, resolve_base  # noqa: E402
+
+
+@dataclass
+class SFTConfig:
+    data: str = "training/data/bootstrap_gsm8k.jsonl"
+    out: str = "runs/sft"
+    base: str = ""                 # GGUF file or HF dir; '' = the shipped SmolLM2-135M Q4_1
+    max_seq_len: int = 384         # longer examples are dropped (truncation would cut the answer)
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    epochs: float = 1.0
+    max_steps: int = 0             # 0 = epochs decide
+    subset: int = 0                # use N examples (seeded choice); 0 = all
+    eval_size: int = 0             # held out for a loss estimate at the end
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: list = field(default_factory=lambda: list(loop.LORA_TARGETS))
+    top_layers: int = 0            # LoRA on the last N blocks only (0 = all)
+    add_eos: bool = True
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"           # auto | cpu | cuda | cuda:1
+    precision: str = "auto"        # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
+    threads: int = 0               # torch CPU threads (0 = torch default)
+    save_every: int = 50           # optimizer steps between checkpoints (0 = only at the end)
+    keep_checkpoints: int = 2
+    log_every: int = 5
+    init_adapter: str = ""         # start from an existing peft adapter dir (else a fresh LoRA)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+def load_examples(path: str) -> list[dict]:
+    """Rows with question + text (bootstrap / extract output) or prompt + completion."""
+    rows = read_jsonl(path)
+    out = []
+    for r in rows:
+        if "question" in r and "text" in r:
+            out.append({"id": r.get("id"), "question": r["question"], "text": r["text"]})
+        elif "prompt" in r and "completion" in r:
+            out.append({"id": r.get("id"), "prompt": r["prompt"], "text": r["completion"]})
+        else:
+            raise ValueError(f"{path}: rows need question+text or prompt+completion, got {sorted(r)}")
+    return out
+
+
+def encode(tok, ex: dict, *, add_eos: bool) -> tuple[list[int], list[int]]:
+    """(input_ids, labels): the prompt is masked with -100. Prompt and solution are tokenised
+    separately, exactly as at inference (the policy is given the tokenised prompt and continues)."""
+    from rstar_app.steps import build_prompt
+    prompt = ex.get("prompt") or build_prompt(ex["question"])
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    c = tok(ex["text"], add_special_tokens=False)["input_ids"]
+    if add_eos and tok.eos_token_id is not None:
+        c = c + [tok.eos_token_id]
+    return p + c, [-100] * len(p) + c
+
+
+def select(examples: list, subset: int, eval_size: int, seed: int) -> tuple[list, list]:
+    idx = list(range(len(examples)))
+    random.Random(seed).shuffle(idx)
+    ev = idx[:eval_size] if eval_size else []
+    tr = idx[eval_size:]
+    if subset:
+        tr = tr[:subset]
+    return [examples[i] for i in tr], [examples[i] for i in ev]
+
+
+def collate(items: list[tuple[list[int], list[int]]], pad_id: int):
+    import torch
+    L = max(len(x) for x, _ in items)
+    ids = torch.full((len(items), L), pad_id, dtype=torch.long)
+    lab = torch.full((len(items), L), -100, dtype=torch.long)
+    att = torch.zeros((len(items), L), dtype=torch.long)
+    for i, (x, y) in enumerate(items):
+        ids[i, :len(x)] = torch.tensor(x)
+        lab[i, :len(y)] = torch.tensor(y)
+        att[i, :len(x)] = 1
+    return ids, att, lab
+
+
+def token_loss_sum(model, ids, att, lab):
+    """Summed next-token cross-entropy over labelled positions, and their count."""
+    import torch.nn.functional as F
+    logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
+    tgt = lab[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    return loss, int((tgt != -100).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+def train(cfg: SFTConfig) -> dict:
+    import torch
+    from peft import PeftModel, get_peft_model
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    t_load = time.time()
+    base_path = resolve_base(cfg.base)
+    model, tok = load_base(base_path)
+    print(f"[sft] base {base_path} loaded in {time.time() - t_load:.1f}s; device {device}", flush=True)
+    if cfg.init_adapter:
+        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model, loop.lora_config(
+            model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+            targets=cfg.lora_targets, top_layers=cfg.top_layers))
+    model.to(device)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    # data
+    examples = load_examples(cfg.data)
+    train_ex, eval_ex = select(examples, cfg.subset, cfg.eval_size, cfg.seed)
+    enc, dropped = [], 0
+    for ex in train_ex:
+        x, y = encode(tok, ex, add_eos=cfg.add_eos)
+        if len(x) > cfg.max_seq_len:
+            dropped += 1
+            continue
+        enc.append((x, y))
+    if not enc:
+        raise SystemExit(f"no example fits max_seq_len={cfg.max_seq_len}")
+    eval_enc = [e for e in (encode(tok, ex, add_eos=cfg.add_eos) for ex in eval_ex) if len(e[0]) <= cfg.max_seq_len]
+    lengths = [len(x) for x, _ in enc]
+    micro_per_epoch = math.ceil(len(enc) / cfg.batch_size)
+    steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
+    total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
+    data_hash = hashlib.sha256(json.dumps(lengths).encode()).hexdigest()[:16]
+    print(f"[sft] {len(enc)} examples ({dropped} longer than {cfg.max_seq_len} dropped), "
+          f"{sum(lengths):,} tokens/epoch, {n_train:,} trainable params, {total_steps} steps", flush=True)
+
+    if micro_per_epoch < cfg.grad_accum:
+        raise SystemExit(f"{micro_per_epoch} batches per epoch < grad_accum={cfg.grad_accum}: lower one of them")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, loop.lr_lambda(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
+
+    # resume
+    ck = loop.Checkpointer(out, cfg.keep_checkpoints)
+    step, epoch, micro = 0, 0, 0
+    history: list[dict] = []
+    ident = {"data_hash": data_hash, "lora_r": cfg.lora_r, "top_layers": cfg.top_layers,
+             "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seed": cfg.seed,
+             "base": str(base_path)}
+    state = ck.load_latest()
+    if state is not None:
+        loop.check_resume_compatible(state["ident"], ident, ["data_hash", "lora_r", "top_layers", "batch_size", "grad_accum", "seed"])
+        loop.load_trainable_state(model, state["trainable"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        loop.set_rng_state(state["rng"])
+        step, epoch, micro = state["step"], state["epoch"], state["micro"]
+        history = state.get("history", [])
+        print(f"[sft] resumed from step {step} (epoch {epoch}, batch {micro})", flush=True)
+
+    def checkpoint():
+        ck.save({"trainable": loop.trainable_state(model), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "rng": loop.rng_state(), "step": step,
+                 "epoch": epoch, "micro": micro, "ident": ident,
+                 "history": history + prog.history, "config": dataclasses.asdict(cfg)}, step)
+
+    prog = loop.Progress(total_steps, cfg.log_every, start_step=step)
+    model.train()
+    order = loop.batch_order(lengths, cfg.batch_size, cfg.seed, epoch)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    while step < total_steps:
+        if micro + cfg.grad_accum > len(order):  # epoch boundary (a ragged tail group is skipped)
+            epoch, micro = epoch + 1, 0
+            order = loop.batch_order(lengths, cfg.batch_size, cfg.seed, epoch)
+        group = order[micro:micro + cfg.grad_accum]
+        n_tok_group = sum(sum(1 for t in enc[i][1][1:] if t != -100) for b in group for i in b)
+        opt.zero_grad(set_to_none=True)
+        loss_total, tokens_in = 0.0, 0
+        for b in group:
+            ids, att, lab = (t.to(device) for t in collate([enc[i] for i in b], pad))
+            with loop.autocast(device, cfg.precision):
+                loss_sum, _ = token_loss_sum(model, ids, att, lab)
+            (loss_sum / n_tok_group).backward()
+            loss_total += float(loss_sum.detach())
+            tokens_in += int(att.sum())
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        micro += cfg.grad_accum
+        prog.add(step, loss_total / n_tok_group, tokens_in, sched.get_last_lr()[0], {"epoch": epoch})
+        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+            checkpoint()
+
+    eval_loss = evaluate(model, eval_enc, cfg, device, pad) if eval_enc else None
+    adapter_dir = loop.save_adapter_atomic(model, out / "adapter")
+    checkpoint()  # the final state too: a rerun of a finished run is a no-op
+    log = {"stage": "sft", "command": command_line(), "config": dataclasses.asdict(cfg),
+           "device": device, "base": str(base_path), "examples": len(enc), "dropped_too_long": dropped,
+           "tokens_per_epoch": sum(lengths), "trainable_params": n_train, "steps": step,
+           "epochs_seen": epoch + micro / max(1, len(order)), "eval_loss": eval_loss,
+           "final_loss": (history + prog.history)[-1]["loss"] if (history + prog.history) else None,
+           "this_run": prog.summary(), "history": history + prog.history,
+           "adapter": str(adapter_dir)}
+    loop.write_log(out / "train_log.json", log)
+    print(f"[sft] done: {step} steps, {log['this_run']['tok_per_s']} tok/s this run, "
+          f"eval_loss {eval_loss}, adapter {adapter_dir}", flush=True)
+    return log
+
+
+def evaluate(model, enc, cfg: SFTConfig, device: str, pad: int) -> float:
+    import torch
+    model.eval()
+    tot, n = 0.0, 0
+    with torch.no_grad():
+        for b in range(0, len(enc), cfg.batch_size):
+            ids, att, lab = (t.to(device) for t in collate(enc[b:b + cfg.batch_size], pad))
+            with loop.autocast(device, cfg.precision):
+                s, k = token_loss_sum(model, ids, att, lab)
+            tot += float(s)
+            n += k
+    model.train()
+    return round(tot / max(1, n), 5)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description="policy SFT (LoRA)")
+    ap.add_argument("--recipe", help="YAML recipe; its `sft:` section sets defaults")
+    loop.add_dataclass_args(ap, SFTConfig)
+    args = ap.parse_args(argv)
+    return train(loop.build_config(SFTConfig, args, "sft"))
+
+
+if __name__ == "__main__":
+    main()
