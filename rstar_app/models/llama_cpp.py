@@ -160,17 +160,19 @@ class SeqContext:
         self.held = self.held[:common]
         self.stats["reused_tokens"] += common
         self.stats["prefill_tokens"] += len(toks) - common
-        idx = -1
-        for start in range(common, len(toks), self.n_batch):
-            chunk = toks[start:start + self.n_batch]
-            last = start + len(chunk) == len(toks)
-            self.decode([(t, start + j, 0, output_last and last and j == len(chunk) - 1)
-                         for j, t in enumerate(chunk)])
-            idx = len(chunk) - 1
+        # The last token goes alone in a batch of one when its output is wanted: ggml's matmul
+        # kernels differ by batch size, so this makes the first sampled token independent of how
+        # much of the prefix was cached (reproducible searches, batched == sequential siblings).
+        body = len(toks) - 1 if output_last else len(toks)
+        for start in range(common, body, self.n_batch):
+            chunk = toks[start:min(start + self.n_batch, body)]
+            self.decode([(t, start + j, 0, False) for j, t in enumerate(chunk)])
+        if output_last:
+            self.decode([(toks[-1], len(toks) - 1, 0, True)])
         self.held = list(toks)
         if len(toks) - common > 8:
             self._snapshot(tuple(toks))
-        return idx
+        return 0
 
     def fork(self, n: int) -> None:
         """Copy seq 0 (the prefix) to seqs 1..n."""

