@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .grading import is_correct
+from .jsonl import append_row, read_rows
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -61,14 +62,7 @@ def run_name(a) -> str:
 
 def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: bool = True) -> list[dict]:
     """Solve every item not already in out_path; returns all rows (old and new)."""
-    done = {}
-    if out_path.exists():
-        for line in out_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                done[row["id"]] = row
-            except (json.JSONDecodeError, KeyError):
-                continue  # a half-written last line from a killed run: redo that problem
+    done = {r["id"]: r for r in read_rows(out_path) if "id" in r}  # torn last line cut off
     rows = [done[it["id"]] for it in items if it["id"] in done]
     with open(out_path, "a") as f:
         for k, it in enumerate(items):
@@ -80,9 +74,7 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
                    "correct": is_correct(tree.answer, it["gold"]), "tokens": tree.meta["stats"]["tokens"],
                    "seconds": round(time.monotonic() - t0, 2), "nodes": len(tree.nodes),
                    "stopped": tree.meta.get("stopped")}
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            append_row(f, row)
             rows.append(row)
             if progress:
                 acc = sum(r["correct"] for r in rows) / len(rows)
