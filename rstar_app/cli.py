@@ -98,11 +98,6 @@ def cmd_solve(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sandbox(a: argparse.Namespace) -> int:
-    from .sandbox.cli import main
-    return main(a.rest)
-
-
 def cmd_bench(a: argparse.Namespace) -> int:
     from .bench import main
     return main(a)
@@ -123,10 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_args(s)
     _add_model_args(s)
     s.set_defaults(fn=cmd_solve)
-    b = sub.add_parser("sandbox", help="run FILE.py exactly as a step's code runs, and print the result",
-                       add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    b.set_defaults(fn=cmd_sandbox)
+    sub.add_parser("sandbox", help="run FILE.py exactly as a step's code runs, and print the result "
+                   "(see `rstar-app sandbox --help`)")
     be = sub.add_parser("bench", help="print a table of engine speeds (batched vs sequential, PPM, executor)")
     be.add_argument("--candidates", type=int, default=8)
     be.add_argument("--tokens", type=int, default=48, help="tokens per candidate")
@@ -146,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sandbox"]:  # its own parser, so `rstar-app sandbox --help` reaches it
+        from .sandbox.cli import main as sandbox_main
+        return sandbox_main(argv[1:])
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)

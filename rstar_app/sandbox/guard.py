@@ -47,6 +47,7 @@ DENIED_MODULES = frozenset({
 SAFE_EVENTS = frozenset({
     "compile", "exec", "builtins.id", "object.__getattr__", "object.__delattr__", "sys._getframe",
     "function.__new__", "time.sleep", "pickle.find_class", "sys.unraisablehook", "array.__new__",
+    "builtins.input", "builtins.input/result",  # stdin is empty: input() raises EOFError
 })
 
 
@@ -59,13 +60,16 @@ class ForbiddenImport(ImportError):
     """`import x` of a module that is not on the allow-list."""
 
 
-def make_audit_hook(scratch: str, read_roots: tuple[str, ...], log: list[str]) -> Callable:
+def make_audit_hook(scratch: str, read_roots: tuple[str, ...], log: list[str],
+                    max_files: int = 16) -> Callable:
     """The audit hook for a worker whose scratch directory is `scratch`.
 
     Reads are allowed below `scratch` and `read_roots` (the Python library directories, needed by
     lazy imports inside sympy/numpy); writes only below `scratch`. Compiled bytecode (.pyc) is
     refused quietly so imports fall back to the source and `marshal.loads` (which can build
-    malicious code objects) can stay forbidden. Every other refusal is appended to `log`.
+    malicious code objects) can stay forbidden. At most `max_files` different files may be
+    opened for writing (with RLIMIT_FSIZE this bounds the disk a program can fill). Every other
+    refusal is appended to `log`.
     """
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     scratch = scratch.rstrip("/")
@@ -73,7 +77,8 @@ def make_audit_hook(scratch: str, read_roots: tuple[str, ...], log: list[str]) -
     def hook(event, args, _safe=SAFE_EVENTS, _denied_mods=DENIED_MODULES,
              _scratch=scratch, _roots=tuple(r.rstrip("/") + "/" for r in read_roots),
              _wflags=write_flags, _type=type, _str=str, _bytes=bytes, _int=int, _tuple=tuple,
-             _log=log, _violation=SandboxViolation, _quiet=PermissionError):
+             _log=log, _violation=SandboxViolation, _quiet=PermissionError,
+             _written=set(), _max_files=max_files, _len=len):
         if event in _safe:
             return
         if event == "open" or event == "os.listdir" or event == "os.scandir":
@@ -92,7 +97,14 @@ def make_audit_hook(scratch: str, read_roots: tuple[str, ...], log: list[str]) -
             writing = event == "open" and _type(args[2]) is _int and (args[2] & _wflags) != 0
             if ".." not in full.split("/"):
                 if full == _scratch or full.startswith(_scratch + "/"):
-                    return
+                    if not writing:
+                        return
+                    _written.add(full)
+                    if _len(_written) <= _max_files:
+                        return
+                    msg = f"too many files: the program may write at most {_max_files} files"
+                    _log.append(msg)
+                    raise _violation(msg)
                 if not writing:
                     for root in _roots:
                         if full.startswith(root) or full + "/" == root:
@@ -126,21 +138,29 @@ def make_audit_hook(scratch: str, read_roots: tuple[str, ...], log: list[str]) -
 def install_import_guard(log: list[str]) -> None:
     """Replace builtins.__import__ with a wrapper that checks imports made by the program.
 
-    An import counts as the program's unless it is made from the namespace of a real, loaded
-    module (`globals is sys.modules[globals['__name__']].__dict__`): internal imports of numpy and
-    sympy pass, while `import os` in a step, in a function the step defined, in exec("...", {}) or
-    via __builtins__['__import__'] is checked.
+    An import is the program's unless the namespace it is made from (the `globals` argument, or
+    the caller's globals when none is passed) is the dict of a real, loaded module: so internal
+    imports of numpy and sympy pass, while `import os` in a step, in a function the step defined,
+    in exec("...", {}) or via __builtins__['__import__'] is checked. Imports made from C
+    (PyImport_Import: datetime.date.today() importing time) pass the current frame's globals, i.e.
+    the step's, but always with an empty *list* as fromlist, which Python syntax never produces;
+    those pass too. (A program can imitate that call; this layer gives clear errors for honest
+    mistakes, the audit hook is what stops dishonest ones.)
     """
     original = builtins.__import__
     allowed_text = ", ".join(sorted(ALLOWED_IMPORTS))
 
     def guarded_import(name, globals=None, locals=None, fromlist=(), level=0,
                        _orig=original, _allowed=ALLOWED_IMPORTS, _modules=sys.modules,
-                       _log=log, _type=type, _dict=dict, _str=str, _getattr=getattr):
+                       _getframe=sys._getframe, _log=log, _type=type, _dict=dict, _str=str,
+                       _list=list, _getattr=getattr):
+        if _type(fromlist) is _list and not fromlist:
+            return _orig(name, globals, locals, fromlist, level)
+        g = globals if globals is not None else _getframe(1).f_globals
         trusted = False
-        if _type(globals) is _dict and globals.get("__name__") != "__main__":
-            mod = _modules.get(globals.get("__name__"))
-            trusted = mod is not None and _getattr(mod, "__dict__", None) is globals
+        if _type(g) is _dict and g.get("__name__") != "__main__":
+            mod = _modules.get(g.get("__name__"))
+            trusted = mod is not None and _getattr(mod, "__dict__", None) is g
         if not trusted:
             if level != 0:
                 msg = "relative imports are not allowed in the sandbox"
@@ -156,7 +176,7 @@ def install_import_guard(log: list[str]) -> None:
     builtins.__import__ = guarded_import
 
 
-def lockdown(scratch: str, read_roots: tuple[str, ...], log: list[str]) -> None:
+def lockdown(scratch: str, read_roots: tuple[str, ...], log: list[str], max_files: int = 16) -> None:
     """Install the import guard and the audit hook. Irreversible for the life of the process."""
     # Make the dangerous modules unimportable by name even when already loaded (the worker's own
     # plumbing loaded socket); the objects stay reachable by walking, which is what the hook is for.
@@ -164,4 +184,4 @@ def lockdown(scratch: str, read_roots: tuple[str, ...], log: list[str]) -> None:
                  "resource", "signal", "multiprocessing", "select", "selectors", "fcntl", "mmap"):
         sys.modules[name] = None  # type: ignore[assignment]
     install_import_guard(log)
-    sys.addaudithook(make_audit_hook(scratch, read_roots, log))
+    sys.addaudithook(make_audit_hook(scratch, read_roots, log, max_files))

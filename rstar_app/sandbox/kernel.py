@@ -32,11 +32,13 @@ import stat
 # ---------------------------------------------------------------------------------------- rlimits
 
 
-def set_rlimits(*, cpu_seconds: int, memory_bytes: int, file_bytes: int, open_files: int,
-                processes: int) -> None:
-    """Hard and soft limits together, so the program cannot raise them back (only root could)."""
+def set_rlimits(*, cpu_seconds: tuple[int, int], memory_bytes: int, file_bytes: int,
+                open_files: int, processes: int) -> None:
+    """Soft = hard for everything but CPU, so nothing can be raised back (that needs
+    CAP_SYS_RESOURCE, which workers drop). CPU: SIGXCPU at the soft limit, SIGKILL at the hard."""
+    soft_cpu, hard_cpu = cpu_seconds
+    resource.setrlimit(resource.RLIMIT_CPU, (soft_cpu, hard_cpu))
     pairs = [
-        (resource.RLIMIT_CPU, cpu_seconds),
         (resource.RLIMIT_AS, memory_bytes),
         (resource.RLIMIT_FSIZE, file_bytes),
         (resource.RLIMIT_NOFILE, open_files),
@@ -57,8 +59,10 @@ def set_rlimits(*, cpu_seconds: int, memory_bytes: int, file_bytes: int, open_fi
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_libc.prctl.restype = ctypes.c_int
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+if hasattr(_libc, "prctl"):  # Linux; the module stays importable elsewhere (Sandbox refuses)
+    _libc.prctl.restype = ctypes.c_int
+    _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                            ctypes.c_ulong]
 
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
@@ -100,6 +104,18 @@ def die_with_parent(sig: int = 9) -> None:
 NOBODY = 65534
 
 
+def _cap_last() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 63
+
+
+# Read at import (in the zygote): once a worker is under Landlock it cannot read /proc/sys.
+CAP_LAST = _cap_last()
+
+
 def readable_by_others(path: str) -> bool:
     """Whether a user with no relation to the owner can reach and read `path` (mode bits only)."""
     path = os.path.realpath(path)
@@ -135,8 +151,7 @@ def drop_privileges(mode: str) -> None:
     elif mode == "nocaps":
         # NOROOT, NO_SETUID_FIXUP, KEEP_CAPS(off), NO_CAP_AMBIENT_RAISE, each with its LOCKED bit.
         _prctl(PR_SET_SECUREBITS, 0b1110_1111)
-        last = int(open("/proc/sys/kernel/cap_last_cap").read())
-        for cap in range(last + 1):
+        for cap in range(CAP_LAST + 1):
             _prctl(PR_CAPBSET_DROP, cap)
         _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
         header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
@@ -147,10 +162,11 @@ def drop_privileges(mode: str) -> None:
 
 
 def _cap_eff() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    return 0
+    """Effective capabilities, via capget (no /proc: Landlock may already hide it)."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)()
+    _syscall(125 if _X86_64 else 90, header, data)  # capget
+    return data[0] | (data[3] << 32)
 
 
 # ------------------------------------------------------------------------------------ Landlock
@@ -306,13 +322,27 @@ def seccomp_program(pid: int) -> list[tuple[int, int, int, int]]:
     return p
 
 
-def seccomp(pid: int) -> bool:
-    """Install the filter on this process (inherited by anything it could start). False when
-    the architecture is not x86_64 (the table above would be wrong there)."""
-    if not _X86_64:
-        return False
-    prog = seccomp_program(pid)
-    arr = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
-    fprog = _SockFprog(len(prog), arr)
-    _prctl(PR_SET_SECCOMP, 2, ctypes.addressof(fprog))  # SECCOMP_MODE_FILTER
-    return True
+class Seccomp:
+    """The filter, built once in the zygote (building ~150 ctypes structs per worker costs ~2 ms);
+    `install` patches in the worker's own pid and loads it."""
+
+    def __init__(self) -> None:
+        self.prog = seccomp_program(0x7FFFFFFF) if _X86_64 else []
+        self.pid_slots = [i for i, ins in enumerate(self.prog) if ins[3] == 0x7FFFFFFF]
+        self.array = (_SockFilter * len(self.prog))(*[_SockFilter(*ins) for ins in self.prog])
+
+    def install(self, pid: int) -> bool:
+        """Install on this process (inherited by anything it could start). False when the
+        architecture is not x86_64 (the syscall table above would be wrong there)."""
+        if not self.prog:
+            return False
+        for i in self.pid_slots:
+            self.array[i].k = pid
+        fprog = _SockFprog(len(self.prog), self.array)
+        try:
+            _prctl(PR_SET_SECCOMP, 2, ctypes.addressof(fprog))  # SECCOMP_MODE_FILTER
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # kernel built without seccomp filters
+                return False
+            raise
+        return True
