@@ -50,14 +50,16 @@ def _num(x: float) -> str:
 
 
 def subset(items: list[dict], limit: int, seed: int) -> list[dict]:
-    """A fixed random subset (same seed, same problems, whatever the strategy)."""
-    if limit <= 0 or limit >= len(items):
-        return items
-    return random.Random(seed).sample(items, limit)
+    """A fixed random subset (same seed, same problems, whatever the strategy). The first N of a
+    larger limit are the same N problems, so a run can be extended by raising --limit."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    return order if limit <= 0 else order[:limit]
 
 
 def run_name(a) -> str:
-    return f"{a.bench}-{a.strategy}-r{a.rollouts}-k{a.candidates}-s{a.seed}-n{a.limit}-ss{a.sample_seed}"
+    tag = "base" if a.policy else "weights"
+    return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}-s{a.seed}-ss{a.sample_seed}"
 
 
 def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: bool = True) -> list[dict]:
@@ -123,7 +125,7 @@ def main(a) -> int:
         rows = evaluate(engine, items, config, out / f"{name}.jsonl")
     finally:
         engine.close()
-    summary = {"run": name, "bench": a.bench, "strategy": a.strategy, "rollouts": a.rollouts,
+    summary = {"run": name, "bench": a.bench, "strategy": a.strategy, "rollouts": a.rollouts, "limit": a.limit,
                "candidates": a.candidates, "models": engine.description, **summarize(rows)}
     tmp = out / f"{name}.summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))

@@ -48,8 +48,10 @@ VALUE_TEXT = re.compile(rf"^\s*-?{_NUM_STRICT}")
 SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z$(\d])")
 QUESTION_NUM = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?|\.\d+")
 
-# literals that mean something by themselves (half, dozen, percent, minutes...): never replaced
-COMMON_CONSTANTS = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 24, 30, 31, 52, 60, 100, 365, 1000}
+# literals that mean something by themselves (half, percent...): never replaced; unit constants
+# (dozen, hours, minutes...) are replaced only by the result of the step just before
+SMALL_CONSTANTS = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 100, 1000}
+UNIT_CONSTANTS = {12, 24, 30, 31, 52, 60, 365}
 
 STOP = set("""a an the of in on at to for from by with and or but per each every is are was were be
 been being will would can could should may might must has have had do does did done that this these
@@ -265,12 +267,14 @@ class _Substitute(ast.NodeTransformer):
         v = node.value
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             return node
-        if float(v).is_integer() and int(v) in COMMON_CONSTANTS:
+        if float(v).is_integer() and int(v) in SMALL_CONSTANTS:
             return node
         if any(close(v, q) for q in self.question_numbers):
             return node  # a given quantity: ambiguous
         matches = [var for var in self.variables if close(var.value, v)]
         if len(matches) != 1:
+            return node
+        if float(v).is_integer() and int(v) in UNIT_CONSTANTS and matches[0] is not self.variables[-1]:
             return node
         self.replaced += 1
         return ast.copy_location(ast.Name(id=matches[0].name, ctx=ast.Load()), node)

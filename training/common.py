@@ -148,6 +148,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_path(path: str | os.PathLike) -> str:
+    """sha256 of a file; for a directory (an HF model), of its files' names and hashes, sorted."""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    lines = [f"{f.relative_to(p).as_posix()}:{sha256_file(f)}\n" for f in sorted(p.rglob("*")) if f.is_file()]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All complete records; a torn (half-written) last line is skipped."""
     return list(iter_jsonl(path))

@@ -120,6 +120,56 @@ def lr_lambda(warmup: int, total: int, min_ratio: float = 0.1):
 
 
 # ---------------------------------------------------------------------------------------------
+# torchrun (DDP): WORLD_SIZE / RANK / LOCAL_RANK from the launcher; a plain run is world 1
+# ---------------------------------------------------------------------------------------------
+
+def init_distributed(device: str) -> tuple[int, int, str]:
+    """(world, rank, device). Under torchrun: NCCL on CUDA (one GPU per process), else gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0, device
+    import torch
+    import torch.distributed as dist
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return world, rank, device
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def finish_distributed(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def all_sum(world: int, device: str, *values: float) -> tuple:
+    if world <= 1:
+        return values
+    import torch
+    import torch.distributed as dist
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return tuple(t.tolist())
+
+
+def no_sync(model):
+    """DDP's no_sync for accumulation micro-batches; a plain model has nothing to sync."""
+    import contextlib
+    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
 # data order
 # ---------------------------------------------------------------------------------------------
 
@@ -221,8 +271,8 @@ def check_resume_compatible(saved: dict, current: dict, keys: Sequence[str]) -> 
 class Progress:
     """Step log with tokens/s; kept in memory and written into the final log JSON."""
 
-    def __init__(self, total_steps: int, every: int, start_step: int = 0):
-        self.total, self.every = total_steps, max(1, every)
+    def __init__(self, total_steps: int, every: int, start_step: int = 0, quiet: bool = False):
+        self.total, self.every, self.quiet = total_steps, max(1, every), quiet
         self.t0 = self.t_last = time.time()
         self.tokens = self.tokens_last = 0
         self.history: list[dict] = []
@@ -240,9 +290,10 @@ class Progress:
                    "elapsed_s": round(now - self.t0, 1), **(extra or {})}
             self.history.append(rec)
             eta = (now - self.t0) / max(1, step - self.start_step) * (self.total - step)
-            print(f"step {step}/{self.total} loss {rec['loss']:.4f} lr {lr:.2e} "
-                  f"{rec['tok_per_s']:.0f} tok/s eta {eta / 60:.1f} min"
-                  + "".join(f" {k} {v}" for k, v in (extra or {}).items()), flush=True)
+            if not self.quiet:
+                    print(f"step {step}/{self.total} loss {rec['loss']:.4f} lr {lr:.2e} "
+                      f"{rec['tok_per_s']:.0f} tok/s eta {eta / 60:.1f} min"
+                      + "".join(f" {k} {v}" for k, v in (extra or {}).items()), flush=True)
             self.t_last, self.tokens_last = now, self.tokens
             self.loss_acc, self.loss_n = 0.0, 0
 

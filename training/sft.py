@@ -11,6 +11,7 @@ checkpoints (rerun the same command to continue), final peft adapter + train_log
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -59,6 +60,7 @@ class SFTConfig:
     keep_checkpoints: int = 2
     log_every: int = 5
     init_adapter: str = ""         # start from an existing peft adapter dir (else a fresh LoRA)
+    stop_after: int = 0            # testing: exit after N steps of this invocation, as if killed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +137,8 @@ def train(cfg: SFTConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    world, rank, device = loop.init_distributed(device)
+    main_proc = rank == 0
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     random.seed(cfg.seed)
@@ -143,7 +147,8 @@ def train(cfg: SFTConfig) -> dict:
     t_load = time.time()
     base_path = resolve_base(cfg.base)
     model, tok = load_base(base_path)
-    print(f"[sft] base {base_path} loaded in {time.time() - t_load:.1f}s; device {device}", flush=True)
+    if main_proc:
+        print(f"[sft] base {base_path} loaded in {time.time() - t_load:.1f}s; device {device}", flush=True)
     if cfg.init_adapter:
         model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
     else:
@@ -152,6 +157,10 @@ def train(cfg: SFTConfig) -> dict:
             targets=cfg.lora_targets, top_layers=cfg.top_layers))
     model.to(device)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    fwd = model
+    if world > 1:  # torchrun: one process per GPU, batches split by rank, gradients all-reduced
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
 
     # data
     examples = load_examples(cfg.data)
@@ -168,14 +177,16 @@ def train(cfg: SFTConfig) -> dict:
     eval_enc = [e for e in (encode(tok, ex, add_eos=cfg.add_eos) for ex in eval_ex) if len(e[0]) <= cfg.max_seq_len]
     lengths = [len(x) for x, _ in enc]
     micro_per_epoch = math.ceil(len(enc) / cfg.batch_size)
-    steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
+    per_step = cfg.grad_accum * world   # micro-batches per optimizer step, over all processes
+    steps_per_epoch = max(1, micro_per_epoch // per_step)
     total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
     data_hash = hashlib.sha256(json.dumps(lengths).encode()).hexdigest()[:16]
-    print(f"[sft] {len(enc)} examples ({dropped} longer than {cfg.max_seq_len} dropped), "
+    if main_proc:
+        print(f"[sft] {len(enc)} examples ({dropped} longer than {cfg.max_seq_len} dropped), "
           f"{sum(lengths):,} tokens/epoch, {n_train:,} trainable params, {total_steps} steps", flush=True)
 
-    if micro_per_epoch < cfg.grad_accum:
-        raise SystemExit(f"{micro_per_epoch} batches per epoch < grad_accum={cfg.grad_accum}: lower one of them")
+    if micro_per_epoch < per_step:
+        raise SystemExit(f"{micro_per_epoch} batches per epoch < grad_accum x processes = {per_step}: lower one of them")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, loop.lr_lambda(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
@@ -186,10 +197,10 @@ def train(cfg: SFTConfig) -> dict:
     history: list[dict] = []
     ident = {"data_hash": data_hash, "lora_r": cfg.lora_r, "top_layers": cfg.top_layers,
              "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seed": cfg.seed,
-             "base": str(base_path)}
+             "world": world, "base": str(base_path)}
     state = ck.load_latest()
     if state is not None:
-        loop.check_resume_compatible(state["ident"], ident, ["data_hash", "lora_r", "top_layers", "batch_size", "grad_accum", "seed"])
+        loop.check_resume_compatible(state["ident"], ident, ["data_hash", "lora_r", "top_layers", "batch_size", "grad_accum", "seed", "world"])
         loop.load_trainable_state(model, state["trainable"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -199,49 +210,67 @@ def train(cfg: SFTConfig) -> dict:
         print(f"[sft] resumed from step {step} (epoch {epoch}, batch {micro})", flush=True)
 
     def checkpoint():
+        if not main_proc:
+            loop.barrier(world)
+            return
         ck.save({"trainable": loop.trainable_state(model), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "rng": loop.rng_state(), "step": step,
                  "epoch": epoch, "micro": micro, "ident": ident,
                  "history": history + prog.history, "config": dataclasses.asdict(cfg)}, step)
+        loop.barrier(world)
 
-    prog = loop.Progress(total_steps, cfg.log_every, start_step=step)
+    prog = loop.Progress(total_steps, cfg.log_every, start_step=step, quiet=not main_proc)
     model.train()
     order = loop.batch_order(lengths, cfg.batch_size, cfg.seed, epoch)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     while step < total_steps:
-        if micro + cfg.grad_accum > len(order):  # epoch boundary (a ragged tail group is skipped)
+        if micro + per_step > len(order):  # epoch boundary (a ragged tail group is skipped)
             epoch, micro = epoch + 1, 0
             order = loop.batch_order(lengths, cfg.batch_size, cfg.seed, epoch)
-        group = order[micro:micro + cfg.grad_accum]
+        group = order[micro:micro + per_step]
+        # the loss is normalised by the labelled tokens of the whole step (all processes)
         n_tok_group = sum(sum(1 for t in enc[i][1][1:] if t != -100) for b in group for i in b)
+        mine = group[rank::world]
         opt.zero_grad(set_to_none=True)
         loss_total, tokens_in = 0.0, 0
-        for b in group:
+        for j, b in enumerate(mine):
             ids, att, lab = (t.to(device) for t in collate([enc[i] for i in b], pad))
-            with loop.autocast(device, cfg.precision):
-                loss_sum, _ = token_loss_sum(model, ids, att, lab)
-            (loss_sum / n_tok_group).backward()
+            sync = loop.no_sync(fwd) if j < len(mine) - 1 else contextlib.nullcontext()
+            with sync:
+                with loop.autocast(device, cfg.precision):
+                    loss_sum, _ = token_loss_sum(fwd, ids, att, lab)
+                # DDP averages gradients over processes: scale back to a sum
+                (loss_sum * world / n_tok_group).backward()
             loss_total += float(loss_sum.detach())
             tokens_in += int(att.sum())
+        loss_total, tokens_in = loop.all_sum(world, device, loss_total, tokens_in)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
         step += 1
-        micro += cfg.grad_accum
+        micro += per_step
         prog.add(step, loss_total / n_tok_group, tokens_in, sched.get_last_lr()[0], {"epoch": epoch})
         if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
             checkpoint()
+        if cfg.stop_after and step - prog.start_step >= cfg.stop_after and step < total_steps:
+            print(f"[sft] stop_after={cfg.stop_after}: stopping at step {step} without saving", flush=True)
+            loop.finish_distributed(world)
+            return {"stopped_at": step}
 
-    eval_loss = evaluate(model, eval_enc, cfg, device, pad) if eval_enc else None
-    adapter_dir = loop.save_adapter_atomic(model, out / "adapter")
+    run_summary = prog.summary()  # training only: evaluation and saving are not in tokens/s
+    eval_loss = evaluate(model, eval_enc, cfg, device, pad) if eval_enc and main_proc else None
+    adapter_dir = loop.save_adapter_atomic(model, out / "adapter") if main_proc else out / "adapter"
     checkpoint()  # the final state too: a rerun of a finished run is a no-op
+    loop.finish_distributed(world)
+    if not main_proc:
+        return {"rank": rank, "steps": step}
     log = {"stage": "sft", "command": command_line(), "config": dataclasses.asdict(cfg),
-           "device": device, "base": str(base_path), "examples": len(enc), "dropped_too_long": dropped,
+           "device": device, "processes": world, "base": str(base_path), "examples": len(enc), "dropped_too_long": dropped,
            "tokens_per_epoch": sum(lengths), "trainable_params": n_train, "steps": step,
            "epochs_seen": epoch + micro / max(1, len(order)), "eval_loss": eval_loss,
            "final_loss": (history + prog.history)[-1]["loss"] if (history + prog.history) else None,
-           "this_run": prog.summary(), "history": history + prog.history,
+           "this_run": run_summary, "history": history + prog.history,
            "adapter": str(adapter_dir)}
     loop.write_log(out / "train_log.json", log)
     print(f"[sft] done: {step} steps, {log['this_run']['tok_per_s']} tok/s this run, "

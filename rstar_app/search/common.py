@@ -20,6 +20,10 @@ from ..tree import DEAD, ERROR, OK, TERMINAL, Cancelled, Event, Node, Tree
 DEAD_REWARD = -1.0
 
 
+class OutOfBudget(Exception):
+    """A time or token budget ran out in the middle of a rollout; str(e) says which."""
+
+
 @dataclass
 class Search:
     """The state one search run carries around: models, settings, budget counters."""
@@ -49,8 +53,13 @@ class Search:
         return None
 
     def check_cancel(self) -> None:
+        """Called between events: ends the search on cancellation or, mid-rollout, on a spent
+        time/token budget (a rollout can take minutes on a busy CPU)."""
         if self.should_stop is not None and self.should_stop():
             raise Cancelled()
+        reason = self.out_of_budget()
+        if reason:
+            raise OutOfBudget(reason)
 
     def stats(self) -> dict:
         return {
@@ -205,6 +214,8 @@ def run_loop(s: Search, body: Callable[[int], bool], *, limit: int | None = None
                 break
     except Cancelled:
         stopped = "cancelled"
+    except OutOfBudget as e:
+        stopped = str(e)
     return s.finish(stopped, top_k)
 
 

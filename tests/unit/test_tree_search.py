@@ -138,3 +138,16 @@ def test_token_budget_stops_search():
     tree = run(PROBLEM, policy=ScriptedPolicy(_script()), executor=InProcessExecutor(),
                config=SearchConfig(rollouts=100, candidates=2, max_tokens=12))
     assert tree.meta["stopped"] == "token budget"
+
+
+def test_time_limit_stops_in_the_middle_of_a_rollout():
+    import time
+
+    class Slow(ScriptedPolicy):
+        def generate(self, *a, **k):
+            time.sleep(0.05)
+            return super().generate(*a, **k)
+    tree = run(PROBLEM, policy=Slow([[code("# Step: x\nx = 1\n")]]), executor=InProcessExecutor(),
+               config=SearchConfig(rollouts=1, candidates=1, max_depth=60, time_limit=0.2))
+    assert tree.meta["stopped"] == "time limit"
+    assert tree.meta["stats"]["rollouts"] == 0 and len(tree.nodes) < 10

