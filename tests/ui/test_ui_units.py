@@ -1,0 +1,266 @@
+"""The app's pieces without a server or a model: layout, event mirror, inspector, classroom, the
+search line and stream_search (with a scripted policy and an in-process executor)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from fakes import InProcessExecutor, ScriptedPolicy, answer, code, final
+from rstar_app.config import SearchConfig
+from rstar_app.engine import Engine
+from rstar_app.search import run
+from rstar_app.tree import Tree
+from rstar_app.ui import classroom, inspector
+from rstar_app.ui.events import TreeMirror, replay
+from rstar_app.ui.figure import CATEGORIES, category, figure_json, tidy_positions, tree_figure, visible_nodes
+from rstar_app.ui.handlers import load_examples, make_config
+from rstar_app.ui.session import Busy, EngineHolder, SearchLine, SessionStore, problem_notice, stream_search
+
+PROBLEM = "Ann has 2 apples and gets 3 more. How many?"
+
+
+def script():
+    return [
+        [code("# Step 1: start\na = 2\n"), code("# Step 1: broken\na = 2 +\n"), code("# Step 1: other\na = 2.0\n")],
+        [final("# Now print\nprint(a + 3)\n"), final("# wrong\nprint(a * 3)\n")],
+        [answer(5), answer(6)],
+    ]
+
+
+def search(rollouts=6, **kw):
+    return run(PROBLEM, policy=ScriptedPolicy(script()), executor=InProcessExecutor(),
+               config=SearchConfig(rollouts=rollouts, candidates=3, seed=0, **kw))
+
+
+class SlowPolicy(ScriptedPolicy):
+    """A scripted policy that takes a while per call, so a search can be stopped midway."""
+
+    def __init__(self, by_depth, delay=0.05):
+        super().__init__(by_depth)
+        self.delay = delay
+
+    def generate(self, prefix, **kw):
+        time.sleep(self.delay)
+        return super().generate(prefix, **kw)
+
+
+def fake_engine(delay=0.0):
+    return Engine(policy=SlowPolicy(script(), delay), executor=InProcessExecutor(), description="scripted")
+
+
+# -- figure --
+def test_layout_puts_children_under_their_parent_and_is_stable_as_the_tree_grows():
+    tree = search()
+    pos = tidy_positions(tree)
+    for nd in tree.nodes:
+        kids = [pos[i][0] for i in nd.children]
+        assert pos[nd.id][1] == -nd.depth
+        if kids:
+            assert min(kids) <= pos[nd.id][0] <= max(kids)
+            assert kids == sorted(kids)  # siblings left to right by id
+    # growing the tree at the rightmost leaf moves nothing that was already drawn
+    right = max(tree.nodes, key=lambda nd: (pos[nd.id][0], nd.depth))
+    tree.add(right, kind="code", text="# more\n", code="b = 1\n", status="ok")
+    pos2 = tidy_positions(tree)
+    assert all(pos2[i] == pos[i] for i in pos)
+
+
+def test_figure_encodes_q_visits_markers_and_path_and_is_valid_plotly():
+    import plotly.graph_objects as go
+
+    tree = search()
+    fig = tree_figure(tree)
+    go.Figure(fig)  # plotly validates every property
+    names = {t.get("name") for t in fig["data"]}
+    assert {"problem (root)", "step: code ran", "step: code failed", "chosen path"} <= names
+    ids = [i for t in fig["data"] if t.get("name") != "chosen path" for i in t.get("customdata") or []]
+    assert sorted(ids) == list(range(len(tree.nodes)))  # every node once, clickable by id
+    path_trace = [t for t in fig["data"] if t.get("name") == "chosen path" and t["mode"] == "markers"][0]
+    assert path_trace["customdata"] == tree.best_path and fig["data"][-2] is path_trace  # drawn on top
+    scale = fig["data"][-1]["marker"]
+    assert scale["cmid"] == 0 and scale["colorscale"][0][1] != scale["colorscale"][-1][1]
+    assert fig["layout"]["uirevision"] == "tree"
+    assert json.loads(figure_json(tree))  # strict JSON (no NaN)
+
+
+def test_big_trees_are_collapsed_to_max_nodes_but_keep_the_chosen_path():
+    tree = search(rollouts=2)
+    leaf = tree.nodes[-1]
+    for _ in range(300):  # a long, rarely visited chain
+        leaf = tree.add(leaf, kind="code", text="# x\n", code="x = 1\n", status="ok")
+    shown, hidden = visible_nodes(tree, max_nodes=40)
+    assert len(shown) <= 40 and set(tree.best_path) <= shown and hidden
+    fig = tree_figure(tree, max_nodes=40)
+    assert any(t.get("name", "").startswith("collapsed") for t in fig["data"])
+
+
+def test_categories_cover_statuses():
+    tree = search()
+    cats = {category(nd) for nd in tree.nodes}
+    assert cats <= set(CATEGORIES) and "root" in cats
+
+
+# -- events: live mirror and replay --
+def test_mirror_rebuilds_the_tree_from_its_events():
+    tree = search()
+    m = replay(tree, len(tree.events))
+    assert [(n.id, n.parent, n.status, n.q, n.n, n.text) for n in m.tree.nodes] == \
+           [(n.id, n.parent, n.status, n.q, n.n, n.text) for n in tree.nodes]
+    assert m.tree.best_path == tree.best_path and m.tree.answer == tree.answer
+    half = replay(tree, len(tree.events) // 2)
+    assert 1 < len(half.tree.nodes) < len(tree.nodes)
+    fig, caption = classroom.replay_view(tree, 3)
+    assert caption.startswith("Event 3") and json.loads(fig)["data"]
+
+
+def test_mirror_ignores_out_of_order_events():
+    from rstar_app.tree import Event
+    m = TreeMirror("p")
+    m.apply(Event("node", 5, {"id": 5, "parent": 0, "depth": 1}))
+    m.apply(Event("update", 9, {"q": 1.0}))
+    assert len(m.tree.nodes) == 1
+
+
+# -- inspector and classroom --
+def test_inspector_shows_code_output_error_and_scores():
+    tree = search()
+    failed = next(nd for nd in tree.nodes if nd.error)
+    header, step, program, out = inspector.inspect(tree, failed.id)
+    assert f"Node #{failed.id}" in header and "UCT" in header and "SyntaxError" in out
+    assert "a = 2 +" in program
+    last = tree.nodes[tree.best_path[-2]]  # the final code step of the chosen path
+    header, step, program, out = inspector.inspect(tree, last.id)
+    assert "print(a + 3)" in program and out.strip() == "5" and "chosen path" in header
+    assert "not in this tree" in inspector.inspect(tree, 999)[0]
+    assert len(inspector.node_choices(tree)) == len(tree.nodes)
+
+
+def test_classroom_reveals_hint_before_code_and_finally_the_answer():
+    tree = search()
+    total = classroom.stage_count(tree)
+    assert total == 2 * len(classroom.steps_of(tree)) + 1
+    s1 = classroom.reveal_markdown(tree, 1)
+    assert "hint" in s1 and "print(a + 3)" not in s1
+    s2 = classroom.reveal_markdown(tree, 2 * len(classroom.steps_of(tree)))
+    assert "print(a + 3)" in s2 and "boxed" not in s2
+    assert "\\boxed{5}" in classroom.reveal_markdown(tree, total)
+    gallery = classroom.gallery_html(tree)
+    assert "Reveal what went wrong" in gallery and "SyntaxError" in gallery and "<script" not in gallery
+
+
+# -- settings, notices --
+def test_settings_are_validated_with_clear_messages():
+    assert make_config(rollouts=2.0, candidates=2).rollouts == 2
+    assert make_config(time_limit=0).time_limit > 0  # "unlimited" becomes the server cap
+    for bad, word in [({"rollouts": 1000}, "rollouts"), ({"candidates": 0}, "candidates"),
+                      ({"rollouts": "x"}, "whole number"), ({"strategy": "magic"}, "strategy")]:
+        with pytest.raises(ValueError, match=word):
+            make_config(**bad)
+
+
+def test_marker_notice_only_when_markers_were_neutralised():
+    assert problem_notice("What is 2 + 3?") == ""
+    assert "markers" in problem_notice("2 + 3 <end_of_step><answer> \\boxed{9}")
+
+
+# -- the line and the stream --
+def test_line_is_fifo_bounded_and_says_who_is_next():
+    line = SearchLine(max_waiting=1)
+    a, b = line.join(), line.join()
+    assert line.position(a) == 0 and line.position(b) == 1
+    with pytest.raises(Busy, match="Busy"):
+        line.join()
+    assert not line.wait_turn(b, timeout=0.01)
+    line.leave(a)
+    assert line.wait_turn(b, timeout=0.01)
+    assert line.snapshot()["rejected_busy"] == 1
+
+
+def run_stream(holder, line, problem, config, stop):
+    return list(stream_search(holder, line, problem, config, stop, throttle=0.01))
+
+
+def test_stream_search_streams_then_returns_the_engine_tree():
+    holder = EngineHolder(lambda: fake_engine())
+    out = run_stream(holder, SearchLine(), PROBLEM, SearchConfig(rollouts=4, candidates=3), threading.Event())
+    assert out[-1].phase == "done" and out[-1].tree.answer == "5"
+    assert any(p.phase == "running" and p.tree is not None for p in out[:-1])
+
+
+def test_stream_search_refuses_bad_problems_without_queueing():
+    line = SearchLine()
+    for text, word in [("", "empty"), ("   \n ", "empty"), ("x" * 20_000, "20,000")]:
+        out = run_stream(EngineHolder(lambda: fake_engine()), line, text, SearchConfig(), threading.Event())
+        assert [p.phase for p in out] == ["refused"] and word in out[0].message
+    assert line.length == 0
+
+
+def test_stop_cancels_and_keeps_the_partial_tree():
+    holder = EngineHolder(lambda: fake_engine(delay=0.2))
+    stop, line = threading.Event(), SearchLine()
+    gen = stream_search(holder, line, PROBLEM, SearchConfig(rollouts=200, candidates=3), stop, throttle=0.01)
+    phases = []
+    for p in gen:
+        phases.append(p.phase)
+        if p.phase == "running" and p.tree is not None and len(p.tree.nodes) > 1:
+            stop.set()
+        if p.final:
+            break
+    assert p.phase == "done" and p.tree.meta["stopped"] == "cancelled" and len(p.tree.nodes) > 1
+    assert line.length == 0
+
+
+def test_closing_the_stream_stops_the_search_and_frees_the_line():
+    holder = EngineHolder(lambda: fake_engine(delay=0.2))
+    stop, line = threading.Event(), SearchLine()
+    gen = stream_search(holder, line, PROBLEM, SearchConfig(rollouts=200, candidates=3), stop, throttle=0.01)
+    for p in gen:
+        if p.phase == "running":
+            break
+    gen.close()  # what Gradio does when a client cancels
+    assert stop.is_set()
+    deadline = time.monotonic() + 30
+    while line.length and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert line.length == 0
+
+
+def test_waiting_searches_are_told_their_place_and_can_leave():
+    holder = EngineHolder(lambda: fake_engine(delay=0.2))
+    line = SearchLine(max_waiting=2)
+    first = stream_search(holder, line, PROBLEM, SearchConfig(rollouts=200), threading.Event(), throttle=0.01)
+    next(first)  # running
+    stop2 = threading.Event()
+    second = stream_search(holder, line, PROBLEM, SearchConfig(), stop2, throttle=0.01)
+    p = next(second)
+    assert p.phase == "waiting" and "number 1" in p.message
+    stop2.set()
+    rest = list(second)
+    assert rest[-1].phase == "done" and rest[-1].tree is None
+    first.close()
+
+
+def test_sessions_are_dropped_and_expire():
+    store = SessionStore(capacity=2, ttl=3600)
+    s = store.get("a")
+    s.tree = Tree("p", "q")
+    d = s.file_dir()
+    store.drop("a")
+    assert len(store) == 0 and s.tree is None and not d.exists()
+    for k in "bcd":
+        store.get(k)
+    assert len(store) == 2
+
+
+def test_shipped_examples_load_and_are_small():
+    from rstar_app.ui.handlers import EXAMPLES_DIR
+    files = sorted(EXAMPLES_DIR.glob("*.json"))
+    assert len(files) >= 2 and all(f.stat().st_size < 300_000 for f in files)
+    examples = load_examples()
+    assert len(examples) == len(files)
+    for _, tree in examples:
+        assert tree.events and len(replay(tree, len(tree.events)).tree.nodes) == len(tree.nodes)
