@@ -17,7 +17,8 @@ from pathlib import Path
 from .grading import is_correct
 from .jsonl import append_row, read_rows
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DEFAULT_DATA = next((p for p in (Path(__file__).resolve().parent.parent.parent / "shared" / "data",
+                                 Path("/work/shared/data")) if p.is_dir()), Path("../shared/data"))
 
 
 def load_bench(name: str, data_dir: str | Path | None = None) -> list[dict]:

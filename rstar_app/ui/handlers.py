@@ -300,9 +300,13 @@ class UI:
             time.sleep(0.08)
 
     def status_api(self) -> dict:
-        """Server figures: the search line, sessions, engine state and memory."""
+        """Server figures: the search line, sessions, engine state and memory (including the
+        models' KV-snapshot caches, bounded LRUs that legitimately grow the RSS until full)."""
+        snap = 0
+        for model in (getattr(self.holder.engine, "policy", None), getattr(self.holder.engine, "ppm", None)):
+            snap += getattr(getattr(model, "cx", None), "snapshot_bytes", 0) or 0
         return {**self.line.snapshot(), "sessions": len(self.store), "engine_ready": self.holder.engine is not None,
-                "engine_error": self.holder.error, **server_status()}
+                "engine_error": self.holder.error, "kv_snapshots_mb": round(snap / 2**20, 1), **server_status()}
 
     def page_status(self) -> str:
         """The status line when a page opens: say at once if the model failed to load."""

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup = time.monotonic() - t
         before = probe.predict(api_name="/status")
         peak = {"rss": 0.0}
-        trend: list[tuple[float, float, float]] = []  # (s since start, app MB, sandbox MB) every ~30 s
+        trend: list[tuple] = []  # (s since start, app MB, sandbox MB, KV-snapshot cache MB) every ~30 s
         sampling = threading.Event()
 
         def sample() -> None:
@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                     app, kids = st.get("rss_mb", 0), st.get("children_rss_mb", 0)
                     peak["rss"] = max(peak["rss"], app + kids)
                     if not trend or time.monotonic() - t0 - trend[-1][0] >= 30:
-                        trend.append((round(time.monotonic() - t0), round(app, 1), round(kids, 1)))
+                        trend.append((round(time.monotonic() - t0), round(app, 1), round(kids, 1),
+                                      round(st.get("kv_snapshots_mb", 0), 1)))
                 except Exception:  # noqa: BLE001 - a missed sample is not a load-test error
                     pass
                 sampling.wait(1.0)
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         "queue_wait_p50_s": pct(stats.waits, 50), "queue_wait_p95_s": pct(stats.waits, 95),
         "latency_p50_s": pct(stats.latency, 50), "latency_p95_s": pct(stats.latency, 95),
         "rss_before_mb": round(rss(before), 1), "rss_peak_mb": round(max(peak["rss"], rss(before), rss(after)), 1),
-        "rss_after_mb": round(rss(after), 1), "server_served": after.get("served"),
+        "rss_after_mb": round(rss(after), 1), "kv_snapshots_after_mb": after.get("kv_snapshots_mb"),
+        "server_served": after.get("served"),
         "server_rejected_busy": after.get("rejected_busy"), "sessions_after": after.get("sessions"),
         "rss_trend_mb": trend,
     }
@@ -269,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| figure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
-    print("\nRSS every ~30 s (seconds: app + sandbox MB): "
-          + ", ".join(f"{t}: {a:.0f}+{k:.0f}" for t, a, k in trend))
+    print("\nRSS every ~30 s (seconds: app + sandbox MB, of which the app's KV-snapshot cache): "
+          + ", ".join(f"{t}: {a:.0f}+{k:.0f} ({kv:.0f})" for t, a, k, kv in trend))
     for e in stats.errors[:10]:
         print("error:", e)
     if args.json:
