@@ -17,7 +17,7 @@ def cli(*args, timeout=900):
 
 
 def test_solve_runs_a_real_search_and_dumps_the_tree_as_json():
-    r = cli("solve", PROBLEM, "--rollouts", "3", "--candidates", "3", "--seed", "1", "--json")
+    r = cli("solve", PROBLEM, "--rollouts", "3", "--candidates", "3", "--seed", "1", "--max-tokens", "900", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     trace = json.loads(r.stdout)
     nodes = trace["nodes"]
@@ -29,7 +29,7 @@ def test_solve_runs_a_real_search_and_dumps_the_tree_as_json():
 
 
 def test_solve_prints_solution_and_statistics_and_says_which_models():
-    r = cli("solve", PROBLEM, "--rollouts", "2", "--candidates", "2")
+    r = cli("solve", PROBLEM, "--rollouts", "2", "--candidates", "2", "--max-tokens", "400")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Models:" in r.stdout and "Search: mcts" in r.stdout and "tokens" in r.stdout
     assert "few-shot" in r.stdout or "round" in r.stdout
