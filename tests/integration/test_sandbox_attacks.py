@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from proctable import proc_table
 
 from rstar_app.sandbox import Sandbox, SandboxLimits
 
@@ -39,17 +40,7 @@ WALK = (
 # ----------------------------------------------------------------------------------- helpers
 
 def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, state) from /proc (no psutil needed)."""
-    table = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            table[int(d)] = (int(fields[1]), fields[0])
-    return table
+    return proc_table()
 
 
 def live_descendants(root: int) -> set[int]:

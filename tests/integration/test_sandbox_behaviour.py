@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from proctable import proc_table
 
 from rstar_app.sandbox import ExecResult, Sandbox, SandboxLimits
 from rstar_app.sandbox.cli import main as cli_main
@@ -29,17 +30,7 @@ def plain():
 
 
 def _children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[1]) == pid and fields[0] not in "ZX":
-                out.append(int(d))
-    return out
+    return [p for p, (ppid, state) in proc_table().items() if ppid == pid and state not in "ZX"]
 
 
 def _wait_for(cond, timeout: float = 10.0) -> bool:
