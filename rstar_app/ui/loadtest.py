@@ -1,7 +1,8 @@
 """Load test: N concurrent gradio_client clients send searches to the app for a fixed time.
 
-    python -m rstar_app.ui.loadtest --seconds 180            # starts app.py on a free loopback port
+    python -m rstar_app.ui.loadtest --seconds 600 --clients 8   # the full form (README figures)
     python -m rstar_app.ui.loadtest --url http://127.0.0.1:7860/ --seconds 60
+    (short form, in the default test suite: tests/ui/test_ui_api.py::test_loadtest_short_form)
 
 Bounded on purpose: loopback addresses only, a fixed duration after which no new search is sent,
 and a hard deadline for the searches still in flight (they are cancelled). Each client loops:
@@ -104,6 +105,7 @@ class Stats:
         self.lock = threading.Lock()
         self.completed = self.busy = self.withdrawn = self.unfinished = 0
         self.errors: list[str] = []
+        self.busy_messages: list[str] = []  # a few, so a caller can check what clients were told
         self.waits: list[float] = []
         self.latency: list[float] = []
 
@@ -115,6 +117,8 @@ class Stats:
                 self.latency.append(kw["latency"])
             elif kind == "busy":
                 self.busy += 1
+                if len(self.busy_messages) < 5:
+                    self.busy_messages.append(kw["message"])
             elif kind == "withdrawn":
                 self.withdrawn += 1
             elif kind == "unfinished":
@@ -163,7 +167,7 @@ def client_loop(url: str, idx: int, until: float, hard_deadline: float, stats: S
         except Exception as e:  # noqa: BLE001
             msg = str(e)
             if "Busy:" in msg:
-                stats.add("busy")
+                stats.add("busy", message=msg[:300])
                 time.sleep(busy_pause)  # a polite client backs off before retrying
             else:
                 stats.add("error", message=f"client {idx}: {type(e).__name__}: {msg[:300]}")
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = Client(url, verbose=False)
         t = time.monotonic()
         if not args.no_warmup:  # one search first, so "before" is measured with the model loaded
-            probe.predict(PROBLEMS[0], 1, 1, 2.0, 0.7, 0, 600, "mcts", api_name="/solve")
+            probe.predict(PROBLEMS[0], 1, 1, 2.0, 0.7, 0, min(600.0, args.time_limit), "mcts", api_name="/solve")
         warmup = time.monotonic() - t
         before = probe.predict(api_name="/status")
         peak = {"rss": 0.0}
@@ -276,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     for e in stats.errors[:10]:
         print("error:", e)
     if args.json:
-        args.json.write_text(json.dumps({**fig, "error_messages": stats.errors[:50]}, indent=2) + "\n")
+        args.json.write_text(json.dumps({**fig, "error_messages": stats.errors[:50],
+                                         "busy_messages": stats.busy_messages}, indent=2) + "\n")
     return 1 if stats.errors else 0
 
 

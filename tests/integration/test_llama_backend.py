@@ -121,3 +121,31 @@ def test_missing_or_corrupt_model_file_gives_a_clear_message(tmp_path):
     trunc.write_bytes(base_gguf().read_bytes()[:100_000])
     with pytest.raises(ModelFileError, match="could not load"):
         LlamaPolicy(trunc)
+
+
+def test_a_small_context_window_ends_long_branches_and_the_search_goes_on():
+    """The engine as the app loads it (manifest policy, real sandbox) with a context window that
+    holds the prompt and one step: every branch that grows past it ends with "context window full"
+    (no llama.cpp error), the other branches are still tried, and a valid trace comes back."""
+    from rstar_app.config import SearchConfig
+    from rstar_app.engine import Engine
+    from rstar_app.models.llama_cpp import load_model
+    from rstar_app.tree import DEAD, Tree
+    from rstar_app.weights import load_weights
+
+    cfg = SearchConfig(rollouts=6, candidates=4, seed=0, max_step_tokens=64, temperature=0.7, time_limit=300)
+    prompt = build_prompt(PROBLEM, few_shot=load_weights().few_shot)  # the prompt Engine.load will use
+    tokens = len(load_model(base_gguf()).tokenize(prompt.encode(), add_bos=False, special=False))
+    # room for the prompt and one generated step; a step below the root leaves too little for the next
+    engine = Engine.load(max_candidates=4, n_ctx=tokens + cfg.max_step_tokens + 16)
+    try:
+        assert engine.policy.count_tokens(prompt) == tokens
+        tree = engine.solve(PROBLEM, cfg)
+    finally:
+        engine.close()
+    full = [n for n in tree.nodes if n.reason.startswith("context window full")]
+    assert full, [(n.id, n.status, n.reason) for n in tree.nodes]
+    assert all(n.depth >= 1 and n.status == DEAD for n in full)
+    assert len(tree.root.children) >= 2 and tree.meta["stats"]["rollouts"] >= 2  # it went on
+    assert tree.meta["stopped"] in (None, "search space exhausted")
+    assert [n.to_dict() for n in Tree.from_json(tree.to_json()).nodes] == [n.to_dict() for n in tree.nodes]

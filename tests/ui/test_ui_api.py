@@ -134,17 +134,31 @@ def test_loadtest_refuses_non_loopback_addresses():
             loopback_only(url)
 
 
-@pytest.mark.slow
-def test_loadtest_short_form(app_url, tmp_path):
-    """The load script's short form against the shared app (1 running + 1 waiting): every request
-    ends in a result or a clear busy answer, never an error."""
+def test_loadtest_short_form(app_url, client, tmp_path):
+    """The load script's short form (the full one: `python -m rstar_app.ui.loadtest --seconds 600
+    --clients 8`) against the shared app, whose line holds 1 running + 1 waiting: 4 clients send tiny
+    searches for 30 s (each bounded by a 15 s time limit); every request ends in a result or the
+    clear busy answer, never an error, and the server's memory stays sane."""
     import json
 
     from rstar_app.ui.loadtest import main
 
+    st, deadline = wait_idle(client), time.monotonic() + TIMEOUT
+    while not st["engine_ready"]:  # "before" is then measured with the model loaded
+        assert not st["engine_error"] and time.monotonic() < deadline, st
+        time.sleep(1)
+        st = client.predict(api_name="/status")
     out = tmp_path / "load.json"
-    code = main(["--url", app_url, "--clients", "8", "--seconds", "15", "--rollouts", "1", "--candidates", "1",
-                 "--no-warmup", "--json", str(out)])
+    code = main(["--url", app_url, "--clients", "4", "--seconds", "30", "--grace", "120", "--rollouts", "1",
+                 "--candidates", "2", "--time-limit", "15", "--busy-pause", "1", "--no-warmup", "--json", str(out)])
     fig = json.loads(out.read_text())
     assert code == 0 and fig["errors"] == 0, fig["error_messages"]
+    # 4 clients start at once and the line holds 2: someone is always turned away
     assert fig["completed"] >= 1 and fig["rejected_busy"] >= 1
+    assert fig["busy_messages"] and all(
+        m.startswith("Busy: one search is running and 1 are waiting (the limit is 1)") for m in fig["busy_messages"])
+    # a 135M model, its llama.cpp contexts and the sandbox workers: well under 2 GB at the peak. After
+    # vs before may add the sandbox workers (a fresh app starts them with its first search, ~270 MB)
+    # and the KV-snapshot cache (capped at 256 MB); a leak would add more
+    assert 0 < fig["rss_before_mb"] and fig["rss_peak_mb"] < 2048
+    assert fig["rss_after_mb"] - fig["rss_before_mb"] < 600, fig["rss_trend_mb"]

@@ -264,3 +264,51 @@ def test_shipped_examples_load_and_are_small():
     assert len(examples) == len(files)
     for _, tree in examples:
         assert tree.events and len(replay(tree, len(tree.events)).tree.nodes) == len(tree.nodes)
+
+
+# -- uploaded traces --
+@pytest.fixture(scope="module")
+def page():
+    """The page's handlers (no server): what the upload button calls."""
+    from rstar_app.ui import create_app
+    _, ui = create_app(fake_engine, load_now=False)
+    return ui
+
+
+def _trace_text(**changes) -> str:
+    return json.dumps({**search(rollouts=2).to_json(), **changes})
+
+
+def _nested(depth: int) -> str:
+    # a well-formed trace whose meta is nested `depth` objects deep
+    head = _trace_text()[:-1]
+    return head + ', "meta": ' + '{"a": ' * depth + "1" + "}" * depth + "}"
+
+
+BAD_TRACES = {  # name: (file content, built when the test runs; what the message says)
+    "huge-file": (lambda: _trace_text(problem="x" * 20_000_001), "the limit is 20,000,000"),
+    "too-many-nodes": (lambda: _trace_text(nodes=[{"id": 0}] * 20_001), "1..20000 nodes"),
+    "deeply-nested-list": (lambda: "[" * 100_000 + "]" * 100_000, "not a JSON trace"),
+    "deeply-nested-meta": (lambda: _nested(100_000), "not a JSON trace"),
+    "not-json": (lambda: "{this is not json", "not a JSON trace"),
+    "binary-junk": (lambda: b"\x89PNG\r\n\x1a\n\xff\xfe\x00junk", "not a JSON trace"),
+    "other-format": (lambda: json.dumps({"format": "something-else", "nodes": []}), "not an rstar-app trace"),
+    "other-version": (lambda: _trace_text(version=2), "trace version 2 is not supported"),
+    "bad-parent": (lambda: _trace_text(nodes=[{"id": 0, "parent": None, "depth": 0}, {"id": 1, "parent": 5, "depth": 1}]),
+                   "node 1 has a bad id or parent"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_TRACES))
+def test_a_bad_uploaded_trace_is_refused_with_a_message_and_the_page_goes_on(page, tmp_path, name):
+    make, message = BAD_TRACES[name]
+    content = make()
+    path = tmp_path / "upload.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = page.session(None).tree
+    status = page.upload_trace(str(path), None)[page.c.status]
+    assert status.startswith("⚠️ Could not open this trace:") and message in status, status
+    assert page.session(None).tree is before  # what was open stays open
+    good = tmp_path / "good.json"
+    good.write_text(_trace_text())
+    assert page.upload_trace(str(good), None)[page.c.status].startswith("Opened an uploaded trace")

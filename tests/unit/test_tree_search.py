@@ -151,3 +151,27 @@ def test_time_limit_stops_in_the_middle_of_a_rollout():
                config=SearchConfig(rollouts=1, candidates=1, max_depth=60, time_limit=0.2))
     assert tree.meta["stopped"] == "time limit"
     assert tree.meta["stats"]["rollouts"] == 0 and len(tree.nodes) < 10
+
+
+def test_a_branch_that_fills_the_context_window_ends_and_the_search_goes_on():
+    from rstar_app.steps import build_prompt
+    wordy = code("# Step 1: " + "think it over once more, " * 20 + "\na = 2\n")  # ~130 tokens (len / 4)
+    pol = ScriptedPolicy([[wordy, code("# Step 1: start\na = 2\n")], [final("# Now print\nprint(a + 3)\n")],
+                          [answer(5)]])
+    cfg = SearchConfig(rollouts=8, candidates=2, seed=0, max_step_tokens=32)
+    # room for the prompt, the short steps and one more step; the wordy step leaves no room
+    pol.n_ctx = pol.count_tokens(build_prompt(PROBLEM)) + cfg.max_step_tokens + 60
+    tree = run(PROBLEM, policy=pol, executor=InProcessExecutor(), config=cfg)
+    full = [n for n in tree.nodes if n.reason.startswith("context window full")]
+    assert [n.text for n in full] == [wordy.text] and full[0].status == DEAD and full[0].value == -1.0
+    assert tree.answer == "5" and tree.meta["stats"]["rollouts"] >= 2  # the other branch went on
+    assert tree.meta["stopped"] in (None, "search space exhausted")
+
+
+def test_a_prompt_longer_than_the_context_window_returns_a_tree_without_answer():
+    pol = ScriptedPolicy(_script())
+    pol.n_ctx = 20
+    tree = run(PROBLEM, policy=pol, executor=InProcessExecutor(), config=SearchConfig(rollouts=4, candidates=2))
+    assert tree.answer is None and pol.calls == []
+    assert tree.root.status == DEAD and tree.root.reason == "context window full (20 tokens)"
+    assert Tree.from_json(tree.to_json()).root.reason == tree.root.reason
