@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ DEFAULT_DATA = next((p for p in (Path(__file__).resolve().parent.parent.parent /
 
 
 def load_bench(name: str, data_dir: str | Path | None = None) -> list[dict]:
-    """[{id, question, gold}] for gsm8k (test), svamp, multiarith, math500."""
+    """[{id, question, gold}] for gsm8k (test), svamp, multiarith, math500, practice (held out)."""
     d = Path(data_dir) if data_dir else Path(os.environ.get("RSTAR_DATA", DEFAULT_DATA))
     if name == "gsm8k":
         rows = [json.loads(l) for l in open(d / "gsm8k" / "test.jsonl")]
@@ -35,6 +36,11 @@ def load_bench(name: str, data_dir: str | Path | None = None) -> list[dict]:
     if name == "multiarith":
         rows = json.load(open(d / "multiarith" / "test.json"))
         return [{"id": f"multiarith-{r['id']}", "question": r["problem"].strip(), "gold": str(r["solution"]).strip()} for r in rows]
+    if name == "practice":  # held-out procedural problems (training/practice.py trains on seed 0)
+        from training.practice import generate
+        seen = {r["question"] for r in generate(5000, seed=0)}
+        return [{"id": r["id"], "question": r["question"], "gold": r["gold"]}
+                for r in generate(600, seed=1) if r["question"] not in seen][:500]
     if name == "math500":
         rows = [json.loads(l) for l in open(d / "math500" / "test.jsonl")]
         return [{"id": r["unique_id"], "question": r["problem"], "gold": r["answer"]} for r in rows]
@@ -59,7 +65,7 @@ def subset(items: list[dict], limit: int, seed: int) -> list[dict]:
 
 
 def run_name(a) -> str:
-    tag = "base" if a.policy else "weights"
+    tag = getattr(a, "tag", None) or ("base" if a.policy else "weights")
     return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}-s{a.seed}-ss{a.sample_seed}"
 
 
@@ -113,6 +119,20 @@ def write_plot(out_dir: Path) -> Path | None:
     return path
 
 
+def record_in_manifest(summary: dict, a) -> Path:
+    """Put a run's summary (and the command that made it) under `eval` in the weights manifest, so
+    the shipped numbers travel with the weights they were measured on."""
+    from .weights import WEIGHTS_DIR
+    path = Path(a.weights or WEIGHTS_DIR) / "manifest.json"
+    m = json.loads(path.read_text())
+    m.setdefault("eval", {})[summary["run"]] = {**summary, "command": "rstar-app " + " ".join(sys.argv[1:]),
+                                                "sample_seed": a.sample_seed}
+    tmp = path.with_name(".manifest.json.tmp")
+    tmp.write_text(json.dumps(m, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def main(a) -> int:
     from .cli import config_from_args, engine_from_args
     config = config_from_args(a)
@@ -131,6 +151,8 @@ def main(a) -> int:
     tmp = out / f"{name}.summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, out / f"{name}.summary.json")
+    if getattr(a, "record", False):
+        record_in_manifest(summary, a)
     plot = write_plot(out)
     print("\n| run | problems | accuracy | tokens/problem | s/problem |\n|---|---|---|---|---|")
     for p in sorted(out.glob("*.summary.json")):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .tree import Tree
+
+
+_STEP_LABEL = re.compile(r"^Step\s*\d+\s*[:.]\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ def solution_steps(tree: Tree, path: list[int] | None = None) -> list[SolutionSt
         new = nd.output[len(prev):] if nd.output.startswith(prev) else nd.output
         prev = nd.output or prev
         comment = "\n".join(l.strip().lstrip("#").strip() for l in nd.text.splitlines() if l.strip().startswith("#"))
+        comment = _STEP_LABEL.sub("", comment, count=1)  # "Step 2: ..." -> "...": the index is shown apart
         code = "\n".join(l for l in nd.code.splitlines() if not l.strip().startswith("#")).strip()
         out.append(SolutionStep(k, nd.id, nd.kind, comment if nd.kind != "answer" else nd.text.strip(),
                                 code, new.strip(), nd.text))

@@ -53,7 +53,14 @@ class Round:
 
     # -- bookkeeping --
     def done(self, stage: str) -> bool:
-        return bool(self.state["stages"].get(stage, {}).get("done"))
+        """Finished and its product still here (a fresh clone has the committed rollouts, pairs and
+        logs but not sft_data.jsonl, the extracted + bootstrap mix, nor checkpoints and adapters)."""
+        info = self.state["stages"].get(stage, {})
+        if not info.get("done"):
+            return False
+        products = {"extract": [info.get("sft_data")], "sft": [info.get("adapter")],
+                    "ppm": [info.get("adapter"), info.get("head")]}.get(stage, [])
+        return all(Path(p).exists() for p in products if p)
 
     def mark(self, stage: str, **info) -> None:
         self.state["stages"][stage] = {"done": True, "finished": _now(), **info}
@@ -117,19 +124,27 @@ class Round:
         prev = self.prev_models()
         if "policy" not in prev and not self.dry_run:
             raise SystemExit(f"round {self.k} needs round {self.k - 1}'s policy: run --round {self.k - 1} first")
-        args = ["--problems", _abs(r.get("problems") or self.recipe["problems"]), "--recipe", self.recipe_path,
-                "--base", self.base, "--policy-adapter", prev.get("policy", "<policy of round k-1>"),
-                "--n-ctx", r.get("n_ctx", 2048), "--no-progress"]
+        common = ["--recipe", self.recipe_path, "--base", self.base,
+                  "--policy-adapter", prev.get("policy", "<policy of round k-1>"),
+                  "--n-ctx", r.get("n_ctx", 2048), "--no-progress"]
+        if self.recipe.get("threads"):
+            common += ["--threads", self.recipe["threads"]]
+        if "ppm_head" in prev and self.k >= int(self.evo.get("ppm_from_round", 3)):
+            common += ["--ppm-adapter", prev["ppm_adapter"], "--ppm-head", prev["ppm_head"]]
+        cmds = []
+        practice = r.get("practice")
+        if practice:  # the easier curriculum first (training/practice.py), in its own file
+            from training.practice import ensure
+            ppath = ensure(REPO / "training" / "data" / "practice.jsonl", int(practice.get("n", 300)),
+                           seed=int(practice.get("seed", 0)), max_ops=int(practice.get("max_ops", 3)))
+            cmds.append(self.run("rollouts", "rollouts", ["--problems", ppath, *common, "--max-calc-steps", 0,
+                                                          "--out", self.dir / "rollouts.practice.jsonl"]))
+        args = ["--problems", _abs(r.get("problems") or self.recipe["problems"]), *common]
         if r.get("offset"):
             args += ["--offset", r["offset"]]
         if r.get("n_problems"):
             args += ["--limit", r["n_problems"]]
-        if self.recipe.get("threads"):
-            args += ["--threads", self.recipe["threads"]]
-        if "ppm_head" in prev and self.k >= int(self.evo.get("ppm_from_round", 3)):
-            args += ["--ppm-adapter", prev["ppm_adapter"], "--ppm-head", prev["ppm_head"]]
         shards = int(r.get("shards", 1))
-        cmds = []
         if shards == 1:
             cmds.append(self.run("rollouts", "rollouts", args + ["--out", self.dir / "rollouts.jsonl"]))
         else:  # N processes side by side, one file each
@@ -195,11 +210,16 @@ class Round:
             if not self.dry_run:
                 self.mark("ppm", skipped=f"{n} pairs (< {min_pairs})" if self.k > 1 else "no trees in round 1")
             return
+        # the PPM starts from this round's policy; when its SFT has not run (`--stages ...,ppm,publish`
+        # on a CPU budget), from the previous round's policy GGUF (ppm.py imports it back to peft)
+        policy = self.dir / "sft" / "adapter"
+        if not self.done("sft"):
+            policy = self.prev_models().get("policy", "<policy of round k-1>")
         cmd = self.run("ppm", "ppm", ["--recipe", self.recipe_path, "--base", self.base, "--pairs", pairs,
-                                      "--policy-adapter", self.dir / "sft" / "adapter", "--out", self.dir / "ppm"])
+                                      "--policy-adapter", policy, "--out", self.dir / "ppm"])
         if not self.dry_run:
             self.mark("ppm", command=cmd, adapter=str(self.dir / "ppm" / "ppm.gguf"),
-                      head=str(self.dir / "ppm" / "value_head.npz"))
+                      head=str(self.dir / "ppm" / "value_head.npz"), policy=str(policy))
 
     def stage_publish(self) -> None:
         """Copy the round's files into weights/ and rewrite manifest.json (atomically)."""
@@ -214,16 +234,22 @@ class Round:
             history.append({k: m.get(k) for k in ("round", "policy", "ppm", "published")})
         sft_log = _json(self.dir / "sft" / "train_log.json")
         extract_info = self.state["stages"].get("extract", {})
-        policy_file = f"policy-r{self.k}.gguf"
-        _copy(self.dir / "policy.gguf", wd / policy_file)
-        policy = {
-            "adapter": policy_file, "sha256": {"adapter": sha256_file(wd / policy_file)},
-            "bytes": (wd / policy_file).stat().st_size,
-            "made_by": self.state["stages"]["sft"].get("commands"),
-            "data": [_describe_data(p) for p in extract_info.get("sources", [])],
-            "hyperparameters": sft_log.get("config"),
-            "train": {k: sft_log.get(k) for k in ("examples", "steps", "final_loss", "eval_loss", "this_run", "device")},
-        }
+        if self.done("sft"):
+            policy_file = f"policy-r{self.k}.gguf"
+            _copy(self.dir / "policy.gguf", wd / policy_file)
+            policy = {
+                "adapter": policy_file, "sha256": {"adapter": sha256_file(wd / policy_file)},
+                "bytes": (wd / policy_file).stat().st_size,
+                "made_by": self.state["stages"]["sft"].get("commands"),
+                "data": [_describe_data(p) for p in extract_info.get("sources", [])],
+                "hyperparameters": sft_log.get("config"),
+                "train": {k: sft_log.get(k) for k in ("examples", "steps", "final_loss", "eval_loss", "this_run", "device")},
+            }
+        elif m.get("policy") and self.k > 1:  # no policy SFT this round: the previous policy stays
+            policy = dict(m["policy"], kept_from_round=m["policy"].get("kept_from_round", m.get("round")))
+            policy_file = policy["adapter"]
+        else:
+            raise SystemExit(f"[evolve r{self.k}] publish: no policy (run the sft stage first)")
         ppm = None
         ppm_stage = self.state["stages"].get("ppm", {})
         if ppm_stage.get("adapter"):
@@ -245,8 +271,11 @@ class Round:
             base = {"path": str(self.base), "sha256": base_sha, "note": "trained on a different base"}
         base.setdefault("sha256", base_sha)
         rollouts = self.state["stages"].get("rollouts", {})
+        note = f"round {self.k} of recipe {self.recipe.get('name')}"
+        if not self.done("sft"):
+            note += f": PPM trained this round; the policy is round {policy.get('kept_from_round')}'s (no policy SFT yet)"
         m.update({
-            "round": self.k, "note": f"round {self.k} of recipe {self.recipe.get('name')}",
+            "round": self.k, "note": note,
             "base": base, "policy": policy, "ppm": ppm, "prompt": {"few_shot": False},
             "published": _now(), "recipe": {"path": os.path.relpath(self.recipe_path, REPO), "name": self.recipe.get("name"),
                                             "sha256": sha256_file(self.recipe_path)},

@@ -104,6 +104,72 @@ def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of permute_rows: llama.cpp's q/k row order back to transformers'."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def read_lora_gguf(path: str | os.PathLike, *, base=None) -> tuple[float, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(alpha, {gguf base tensor name: (A [r, in], B [out, r])} in HF row order) of an adapter GGUF
+    written by write_lora_gguf: the inverse of the exporter (q/k lora_b rows un-permuted)."""
+    import gguf
+    hp = base_hparams(base)
+    r = gguf.GGUFReader(str(path))
+    if r.fields.get("adapter.type") is None or r.fields["adapter.type"].contents() != "lora":
+        raise ValueError(f"{path} is not a LoRA adapter GGUF")
+    alpha = float(r.fields["adapter.lora.alpha"].contents())
+    parts: dict[str, dict[str, np.ndarray]] = {}
+    for t in r.tensors:
+        stem, which = t.name.rsplit(".", 1)  # blk.N.attn_q.weight . lora_a
+        # GGUFReader gives numpy arrays in [ne1, ne0] order, i.e. A [r, in] and B [out, r] as written
+        parts.setdefault(stem, {})[which] = np.asarray(t.data, dtype=np.float32).reshape(
+            [int(x) for x in reversed(t.shape)])
+    pairs = {}
+    for stem, v in parts.items():
+        a, b = v["lora_a"], v["lora_b"]
+        if ".attn_q." in stem:
+            b = unpermute_rows(b, hp["n_head"])
+        elif ".attn_k." in stem:
+            b = unpermute_rows(b, hp["n_head_kv"])
+        pairs[stem] = (a, b)
+    return alpha, pairs
+
+
+def import_lora_gguf(path: str | os.PathLike, out_dir: str | os.PathLike, *, base=None) -> Path:
+    """Adapter GGUF -> peft adapter directory (so a shipped policy can initialise the next round's
+    PPM, whose training merges a peft policy adapter first). A stacked adapter (alpha 0, scales folded
+    into B) imports as one LoRA of summed rank with alpha = rank (scale 1)."""
+    import torch
+    from peft import get_peft_model
+
+    from training import loop
+    from training.common import load_base
+    alpha, pairs = read_lora_gguf(path, base=base)
+    ranks = {a.shape[0] for a, _ in pairs.values()}
+    if len(ranks) != 1:
+        raise ValueError(f"{path}: LoRA ranks differ across tensors ({sorted(ranks)})")
+    rank = ranks.pop()
+    gguf_to_hf = {v: k for k, v in HF_TO_GGUF.items()}
+    layers = sorted({int(k.split(".")[1]) for k in pairs})
+    targets = sorted({gguf_to_hf[k.split(".")[2]].split(".")[-1] for k in pairs})
+    model, _ = load_base(base)
+    n = loop.n_layers(model)
+    cfg = loop.lora_config(model, r=rank, alpha=alpha if alpha else float(rank), dropout=0.0, targets=targets,
+                           top_layers=n - layers[0] if layers == list(range(layers[0], n)) else 0)
+    pm = get_peft_model(model, cfg)
+    params = dict(pm.named_parameters())
+    with torch.no_grad():
+        for stem, (a, b) in pairs.items():
+            layer, module = int(stem.split(".")[1]), gguf_to_hf[stem.split(".")[2]]
+            prefix = f"base_model.model.model.layers.{layer}.{module}"
+            params[f"{prefix}.lora_A.default.weight"].copy_(torch.from_numpy(a))
+            params[f"{prefix}.lora_B.default.weight"].copy_(torch.from_numpy(b))
+    out = Path(out_dir)
+    pm.save_pretrained(str(out))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------

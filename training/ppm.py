@@ -37,7 +37,7 @@ class PPMConfig:
     pairs: str = "pairs.jsonl"
     out: str = "runs/ppm"
     base: str = ""
-    policy_adapter: str = ""       # peft dir merged into the base first ('' = plain base)
+    policy_adapter: str = ""       # peft dir or adapter .gguf merged into the base first ('' = plain base)
     max_seq_len: int = 512         # pairs with a longer side are dropped
     batch_size: int = 4            # pairs per micro-batch (2x sequences)
     grad_accum: int = 2
@@ -190,6 +190,12 @@ def train(cfg: PPMConfig) -> dict:
     torch.manual_seed(cfg.seed)
 
     t0 = time.time()
+    if cfg.policy_adapter.endswith(".gguf"):  # a shipped llama.cpp adapter: back to peft first
+        imported = out / "policy_adapter"
+        if not (imported / "adapter_config.json").exists():
+            from training.export import import_lora_gguf
+            import_lora_gguf(cfg.policy_adapter, imported, base=cfg.base or None)
+        cfg = dataclasses.replace(cfg, policy_adapter=str(imported))
     vm, tok, base_path = build_model(cfg, device)
     print(f"[ppm] model ready in {time.time() - t0:.1f}s on {device}", flush=True)
     pairs = read_jsonl(cfg.pairs)

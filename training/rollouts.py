@@ -31,13 +31,19 @@ from training.common import iter_jsonl, load_yaml  # noqa: E402
 # problems
 # ---------------------------------------------------------------------------------------------
 
-def load_problems(path: str | Path, *, id_prefix: str | None = None) -> list[dict]:
+def load_problems(path: str | Path, *, id_prefix: str | None = None, max_calc_steps: int = 0) -> list[dict]:
     """[{id, question, gold}] from GSM8K-style ({question, answer '... #### N'}), bootstrap-style
-    ({id, question, gold}) or SVAMP/MultiArith-like JSONL."""
+    ({id, question, gold}) or SVAMP/MultiArith-like JSONL. `max_calc_steps` > 0 keeps only GSM8K
+    problems whose worked answer has at most that many `<<expr=value>>` calculator marks (a
+    curriculum: a 135M policy solves too few longer problems to give both outcomes in one tree);
+    ids keep their position in the whole file, so a filtered run and a full run share ids."""
     p = Path(path)
     prefix = id_prefix if id_prefix is not None else _default_prefix(p)
     out = []
     for i, row in enumerate(iter_jsonl(p)):
+        if max_calc_steps and isinstance(row.get("answer"), str) and "####" in row["answer"] \
+                and row["answer"].count("<<") > max_calc_steps:
+            continue
         q = row.get("question") or row.get("problem")
         gold = row.get("gold")
         if gold is None and isinstance(row.get("answer"), str) and "####" in row["answer"]:
@@ -174,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shard", help="i/N: every N-th problem starting at i")
     ap.add_argument("--offset", type=int, default=0, help="skip the first N problems (before sharding)")
     ap.add_argument("--limit", type=int, default=0, help="first N problems only (after offset, before sharding)")
+    ap.add_argument("--max-calc-steps", type=int, default=None,
+                    help="GSM8K only: keep problems with at most N calculator marks (default: recipe or all)")
     ap.add_argument("--base", default="", help="base GGUF (default: shipped SmolLM2)")
     ap.add_argument("--policy-adapter", default="", help="policy LoRA GGUF")
     ap.add_argument("--ppm-adapter", default="", help="PPM adapter GGUF (stacked)")
@@ -194,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     recipe = load_yaml(args.recipe) if args.recipe else {}
     cfg = search_config((recipe.get("rollouts") or {}).get("search"), args)
-    problems = load_problems(args.problems)[args.offset:]
+    max_calc = args.max_calc_steps if args.max_calc_steps is not None else int((recipe.get("rollouts") or {}).get("max_calc_steps") or 0)
+    problems = load_problems(args.problems, max_calc_steps=max_calc)[args.offset:]
     if args.limit:
         problems = problems[: args.limit]
     problems = shard(problems, args.shard)

@@ -60,3 +60,19 @@ def test_eval_writes_per_problem_rows_and_resumes(tmp_path):
     r = cli(*args)
     assert r.returncode == 0
     assert r.stdout.count("[2/2]") == 1 and "[1/2]" not in r.stdout
+
+
+def test_eval_record_puts_the_summary_and_command_into_the_weights_manifest(tmp_path):
+    import shutil
+    wd = tmp_path / "weights"
+    shutil.copytree(ROOT / "weights", wd)
+    m = json.loads((wd / "manifest.json").read_text())
+    (wd / "manifest.json").write_text(json.dumps({**m, "eval": {}}))
+    r = cli("eval", "--bench", "practice", "--strategy", "greedy", "--limit", "1", "--out", str(tmp_path / "ev"),
+            "--weights", str(wd), "--tag", "r1", "--record")
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((wd / "manifest.json").read_text())
+    [(name, row)] = m["eval"].items()
+    assert name == "practice-r1-greedy-r8-k4-s0-ss1234" and row["problems"] == 1
+    assert row["command"].startswith("rstar-app eval --bench practice") and 0 <= row["accuracy"] <= 1
+    assert m["policy"] == json.loads((ROOT / "weights" / "manifest.json").read_text())["policy"]

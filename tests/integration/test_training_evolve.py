@@ -1,5 +1,6 @@
-"""training.evolve end to end on the tiny Llama: round 1 (bootstrap SFT -> export -> publish) and
-round 2 from prepared rollouts (extract -> SFT -> PPM -> stacked export -> manifest)."""
+"""training.evolve end to end on the tiny Llama: round 1 (bootstrap SFT -> export -> publish),
+round 2 from prepared rollouts (extract -> SFT -> PPM -> stacked export -> manifest), and round 3
+without a policy SFT (PPM from round 2's policy GGUF). In the default suite: ~2 CPU-minutes."""
 
 import json
 from pathlib import Path
@@ -38,8 +39,7 @@ def fake_trace(i: int) -> dict:
     return {"id": f"p{i}", "question": q, "gold": gold, "trace": t.to_json()}
 
 
-@pytest.mark.slow
-def test_two_rounds(tmp_path):
+def test_three_rounds_bootstrap_then_full_round_then_ppm_only_round(tmp_path):
     tiny = make_tiny_model(tmp_path / "tiny")
     boot = tmp_path / "boot.jsonl"
     from training.bootstrap import GSM8K_TRAIN, build
@@ -94,3 +94,20 @@ export: {{dtype: f32}}
     assert st["extract"]["sft"] == 12 + sum(1 for _ in open(boot)) and st["extract"]["pairs"] >= 12
     w = load_weights(wd, verify=True)
     assert w.has_ppm and w.ppm_adapter.name == "ppm-r2.gguf"
+
+    # round 3 on a CPU budget: extract + PPM + publish without a policy SFT. The PPM starts from
+    # round 2's policy GGUF (imported back to peft) and the manifest keeps that policy.
+    r3 = tmp_path / "work" / "round-3"
+    r3.mkdir(parents=True)
+    (r3 / "rollouts.jsonl").write_text("".join(json.dumps(fake_trace(i)) + "\n" for i in range(12, 24)))
+    (r3 / "stages.json").write_text(json.dumps({"round": 3, "stages": {"rollouts": {
+        "done": True, "commands": ["(prepared by the test)"], "files": [str(r3 / "rollouts.jsonl")]}}}))
+    evolve.main(["--recipe", str(recipe), "--round", "3", "--stages", "extract,ppm,publish"])
+    m = json.loads((wd / "manifest.json").read_text())
+    assert m["round"] == 3 and m["policy"]["adapter"] == "policy-r2.gguf" and m["policy"]["kept_from_round"] == 2
+    assert m["ppm"]["adapter"] == "ppm-r3.gguf" and m["ppm"]["stacked_on"] == "policy-r2.gguf"
+    st = json.loads((r3 / "stages.json").read_text())["stages"]
+    assert st["ppm"]["policy"].endswith("policy.gguf") and "sft" not in st
+    assert (r3 / "ppm" / "policy_adapter" / "adapter_config.json").is_file()
+    w = load_weights(wd, verify=True)
+    assert w.has_ppm and w.policy_adapter.name == "policy-r2.gguf" and w.ppm_head.name == "ppm-head-r3.npz"

@@ -169,3 +169,29 @@ def test_torchrun_two_processes_equal_one_process_with_accumulation(tiny, data, 
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6)
     log = json.loads((tmp_path / "two" / "train_log.json").read_text())
     assert log["processes"] == 2 and log["steps"] == 3
+
+
+def test_adapter_gguf_imports_back_to_the_same_peft_adapter(tiny, tmp_path):
+    """The shipped policy exists only as a llama.cpp GGUF: importing it back (q/k rows un-permuted)
+    must give the adapter that was exported, so the next round's PPM starts from that policy."""
+    from peft import get_peft_model
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+    from training import loop
+    m = AutoModelForCausalLM.from_pretrained(str(tiny))
+    m = get_peft_model(m, loop.lora_config(m, r=4, alpha=8, dropout=0, targets=["q_proj", "k_proj", "down_proj"],
+                                           top_layers=2))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.1)
+    m.save_pretrained(str(tmp_path / "orig"))
+    g = E.export_lora(tmp_path / "orig", tmp_path / "a.gguf", base=tiny, dtype="f32")
+    back = E.import_lora_gguf(g, tmp_path / "back", base=tiny)
+    cfg = json.loads((back / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and cfg["layers_to_transform"] == [2, 3]
+    a = load_file(str(tmp_path / "orig" / "adapter_model.safetensors"))
+    b = load_file(str(back / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])

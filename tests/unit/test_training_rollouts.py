@@ -84,3 +84,14 @@ def test_load_problems_gsm8k_and_bootstrap_forms(tmp_path):
     b = tmp_path / "boot.jsonl"
     b.write_text(json.dumps({"id": "x7", "question": "q", "gold": "5", "text": "..."}) + "\n")
     assert R.load_problems(b)[0]["id"] == "x7"
+
+
+def test_max_calc_steps_keeps_short_gsm8k_problems_with_their_file_ids(tmp_path):
+    g = tmp_path / "gsm8k_train.jsonl"
+    rows = [{"question": "one", "answer": "a <<1+1=2>>2\n#### 2"},
+            {"question": "three", "answer": "<<1+1=2>>2 <<2+1=3>>3 <<3+1=4>>4\n#### 4"},
+            {"question": "two", "answer": "<<1+1=2>>2 <<2*3=6>>6\n#### 6"}]
+    g.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = R.load_problems(g, id_prefix="t-", max_calc_steps=2)
+    assert [(p["id"], p["question"]) for p in kept] == [("t-00000", "one"), ("t-00002", "two")]
+    assert len(R.load_problems(g, id_prefix="t-")) == 3
