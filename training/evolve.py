@@ -93,6 +93,15 @@ class Round:
         print(f"[evolve r{self.k}] {stage} finished in {time.time() - t0:.0f}s", flush=True)
         return text
 
+    def reset(self, stage: str) -> None:
+        """Forget a finished stage before rerunning it on new inputs: its training checkpoints would
+        otherwise resume (or refuse) a run over different data."""
+        self.state["stages"].pop(stage, None)
+        for sub in {"sft": ["sft"], "ppm": ["ppm"]}.get(stage, []):
+            shutil.rmtree(self.dir / sub / "checkpoints", ignore_errors=True)
+        if not self.dry_run:
+            atomic_write_json(self.state_path, self.state)
+
     # -- inputs from the previous round --
     def prev_models(self) -> dict:
         """Policy (and PPM) of round k-1: its round dir, else what the weights manifest names."""
@@ -252,8 +261,15 @@ class Round:
             raise SystemExit(f"[evolve r{self.k}] publish: no policy (run the sft stage first)")
         ppm = None
         ppm_stage = self.state["stages"].get("ppm", {})
+        ppm_log = _json(self.dir / "ppm" / "train_log.json") if ppm_stage.get("adapter") else {}
+        held_out = (ppm_log.get("eval_after") or {}).get("accuracy")
+        min_acc = float(self.evo.get("ppm_min_heldout_accuracy", 0.55))
+        if ppm_stage.get("adapter") and (held_out is None or held_out < min_acc):
+            # a PPM that ranks held-out pairs no better than chance would steer the search wrongly
+            print(f"[evolve r{self.k}] publish: PPM not shipped, held-out pair accuracy {held_out} < {min_acc}",
+                  flush=True)
+            ppm_stage = {}
         if ppm_stage.get("adapter"):
-            ppm_log = _json(self.dir / "ppm" / "train_log.json")
             _copy(self.dir / "ppm" / "ppm.gguf", wd / f"ppm-r{self.k}.gguf")
             _copy(self.dir / "ppm" / "value_head.npz", wd / f"ppm-head-r{self.k}.npz")
             ppm = {"adapter": f"ppm-r{self.k}.gguf", "head": f"ppm-head-r{self.k}.npz",
@@ -345,13 +361,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
     if a.no_publish and "publish" in want:
         want.remove("publish")
+    upstream_ran = False  # a stage that ran (e.g. rollouts resumed with more problems) makes later ones stale
     for stage in STAGES:
         if stage not in want:
             continue
-        if rnd.done(stage) and stage not in a.redo:
+        if rnd.done(stage) and stage not in a.redo and not upstream_ran:
             print(f"[evolve r{a.round}] {stage}: done already (use --redo {stage} to rerun)")
             continue
+        if rnd.state["stages"].get(stage, {}).get("done"):
+            rnd.reset(stage)
         getattr(rnd, f"stage_{stage}")()
+        upstream_ran = True
     print(f"[evolve r{a.round}] finished: {rnd.dir}")
 
 

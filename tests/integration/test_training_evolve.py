@@ -58,7 +58,7 @@ workdir: {tmp_path / 'work'}
 weights_dir: {wd}
 problems: {tmp_path / 'unused.jsonl'}
 bootstrap: {boot}
-evolve: {{ppm_min_pairs: 4}}
+evolve: {{ppm_min_pairs: 4, ppm_min_heldout_accuracy: 0.0}}
 extract: {{q_margin: 0.5, min_edit: 5}}
 sft: {{max_seq_len: 320, subset: 16, max_steps: 2, batch_size: 4, lr: 1.0e-3, warmup_steps: 1, save_every: 0, threads: 2}}
 ppm: {{max_seq_len: 320, max_steps: 2, batch_size: 4, grad_accum: 1, eval_frac: 0.2, save_every: 0, threads: 2}}
