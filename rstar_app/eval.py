@@ -127,10 +127,15 @@ def record_in_manifest(summary: dict, a) -> Path:
     m = json.loads(path.read_text())
     m.setdefault("eval", {})[summary["run"]] = {**summary, "command": "rstar-app " + " ".join(sys.argv[1:]),
                                                 "sample_seed": a.sample_seed}
-    tmp = path.with_name(".manifest.json.tmp")
-    tmp.write_text(json.dumps(m, indent=2) + "\n")
-    os.replace(tmp, path)
+    _write_json(path, m, indent=2, newline=True)
     return path
+
+
+def _write_json(path: Path, obj, *, indent: int, newline: bool = False) -> None:
+    """Whole file or nothing: a reader (or a killed run) never sees half a JSON document."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent) + ("\n" if newline else ""))
+    os.replace(tmp, path)
 
 
 def main(a) -> int:
@@ -148,9 +153,7 @@ def main(a) -> int:
         engine.close()
     summary = {"run": name, "bench": a.bench, "strategy": a.strategy, "rollouts": a.rollouts, "limit": a.limit,
                "candidates": a.candidates, "models": engine.description, **summarize(rows)}
-    tmp = out / f"{name}.summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / f"{name}.summary.json")
+    _write_json(out / f"{name}.summary.json", summary, indent=1)
     if getattr(a, "record", False):
         record_in_manifest(summary, a)
     plot = write_plot(out)

@@ -22,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.common import write_jsonl  # noqa: E402
+from training.common import read_jsonl, write_jsonl  # noqa: E402
 
 NAMES = [("Maya", "she"), ("Omar", "he"), ("Lena", "she"), ("Tariq", "he"), ("Ines", "she"), ("Kofi", "he"),
          ("Priya", "she"), ("Mateo", "he"), ("Yuki", "she"), ("Sven", "he"), ("Amara", "she"), ("Dario", "he")]
@@ -54,7 +54,7 @@ def _times(rng, x, item, pron):
 
 
 def _share(rng, x, item, pron):
-    ks = [k for k in range(2, 10) if x % k == 0 and x // k >= 1]
+    ks = [k for k in range(2, 10) if x % k == 0]  # x >= 1 here: _sub leaves at least one
     if not ks:
         return None
     k = rng.choice(ks)
@@ -99,9 +99,7 @@ def ensure(path: str | Path, n: int, *, seed: int = 0, max_ops: int = 3) -> Path
     """Write the file unless it already holds exactly these problems (regenerated, never trusted)."""
     path = Path(path)
     rows = generate(n, seed=seed, max_ops=max_ops)
-    import json
-    want = "".join(json.dumps(r) + "\n" for r in rows)
-    if not path.exists() or path.read_text() != want:
+    if not path.exists() or read_jsonl(path) != rows:
         write_jsonl(path, rows)
     return path
 

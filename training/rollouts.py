@@ -41,13 +41,13 @@ def load_problems(path: str | Path, *, id_prefix: str | None = None, max_calc_st
     prefix = id_prefix if id_prefix is not None else _default_prefix(p)
     out = []
     for i, row in enumerate(iter_jsonl(p)):
-        if max_calc_steps and isinstance(row.get("answer"), str) and "####" in row["answer"] \
-                and row["answer"].count("<<") > max_calc_steps:
+        worked = row["answer"] if isinstance(row.get("answer"), str) and "####" in row["answer"] else None
+        if max_calc_steps and worked is not None and worked.count("<<") > max_calc_steps:
             continue
         q = row.get("question") or row.get("problem")
         gold = row.get("gold")
-        if gold is None and isinstance(row.get("answer"), str) and "####" in row["answer"]:
-            gold = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+        if gold is None and worked is not None:
+            gold = worked.rsplit("####", 1)[1].strip().replace(",", "")
         elif gold is None and row.get("answer") is not None:
             gold = str(row["answer"])
         if not q or gold is None:
