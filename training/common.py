@@ -48,39 +48,15 @@ def resolve_base(base: str | os.PathLike | None) -> Path:
 
 
 def load_base(base: str | os.PathLike | None = None, *, dtype: str = "float32"):
-    """(model, tokenizer) for a GGUF file (dequantised by transformers) or an HF directory.
-
-    A GGUF-loaded model refuses save_pretrained: we never save the base, only adapters."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_base(base)
-    torch_dtype = getattr(torch, dtype)
-    if path.is_file():  # GGUF
-        kw = dict(gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch_dtype, **kw)
-        tok = AutoTokenizer.from_pretrained(str(path.parent), **kw)
-        # a GGUF-dequantised model carries a quantization_config that blocks saving/peft merges
-        if getattr(model.config, "quantization_config", None) is not None:
-            try:
-                del model.config.quantization_config
-            except AttributeError:
-                model.config.quantization_config = None
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
-        tok = AutoTokenizer.from_pretrained(str(path))
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
+    """(model, tokenizer) for the shipped base, a GGUF file or an HF directory (see
+    rstar_app.models.torch_hf.load_causal_lm: GGUF bases are dequantised by transformers)."""
+    from rstar_app.models.torch_hf import load_causal_lm
+    return load_causal_lm(resolve_base(base), dtype=dtype)
 
 
 def pick_device(requested: str = "auto") -> str:
-    import torch
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
+    from rstar_app.models.torch_hf import pick_device as pick
+    return pick(requested)
 
 
 # ---------------------------------------------------------------------------------------------

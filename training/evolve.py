@@ -138,6 +138,8 @@ class Round:
                   "--n-ctx", r.get("n_ctx", 2048), "--no-progress"]
         if self.recipe.get("threads"):
             common += ["--threads", self.recipe["threads"]]
+        if r.get("backend", "llama") != "llama":  # torch: transformers on a GPU (rstar_app.models.torch_hf)
+            common += ["--backend", r["backend"], "--device", r.get("device", "auto"), "--dtype", r.get("dtype", "auto")]
         if "ppm_head" in prev and self.k >= int(self.evo.get("ppm_from_round", 3)):
             common += ["--ppm-adapter", prev["ppm_adapter"], "--ppm-head", prev["ppm_head"]]
         cmds = []

@@ -165,11 +165,43 @@ def make_engine(args: argparse.Namespace):
     from training.common import resolve_base
     base = resolve_base(args.base or None)
     use_ppm = bool(args.ppm_head)
+    if args.backend == "torch":
+        return _torch_engine(args, base, use_ppm)
     return Engine.load(policy_path=str(base), policy_adapter=args.policy_adapter or None,
                        ppm_path=str(base) if use_ppm else None, ppm_adapter=args.ppm_adapter or None,
                        ppm_head=args.ppm_head or None, no_ppm=not use_ppm,
                        few_shot=args.few_shot, max_candidates=max(8, args.candidates or 0),
                        n_ctx=args.n_ctx, n_threads=args.threads or None)
+
+
+def _torch_engine(args: argparse.Namespace, base, use_ppm: bool):
+    """The same search over rstar_app.models.torch_hf (GPU rollouts). Adapter GGUFs are imported
+    back to peft once, next to the output file. An adapter GGUF for the PPM is the stacked one the
+    engine loads (policy + PPM): it is merged alone; a peft PPM dir is merged over the policy's."""
+    from rstar_app.engine import Engine
+    from rstar_app.models.torch_hf import TorchPolicy, TorchPPM
+    from rstar_app.sandbox import Sandbox
+    from training.export import import_lora_gguf
+
+    def peft_dir(adapter: str, tag: str) -> str | None:
+        if not adapter or Path(adapter).is_dir():
+            return adapter or None
+        d = Path(args.out).parent / f".{Path(args.out).stem}.{tag}-peft"
+        if not (d / "adapter_config.json").is_file():
+            import_lora_gguf(adapter, d, base=str(base))
+        return str(d)
+
+    k = max(8, args.candidates or 0)
+    pol = peft_dir(args.policy_adapter, "policy")
+    policy = TorchPolicy(base, adapter=pol, device=args.device, dtype=args.dtype, max_candidates=k, n_ctx=args.n_ctx)
+    ppm = None
+    if use_ppm:
+        stacked = bool(args.ppm_adapter) and not Path(args.ppm_adapter).is_dir()
+        ppm = TorchPPM(base, args.ppm_head, policy_adapter=None if stacked else pol,
+                       ppm_adapter=peft_dir(args.ppm_adapter, "ppm"), device=args.device, dtype=args.dtype,
+                       max_candidates=k)
+    return Engine(policy=policy, ppm=ppm, executor=Sandbox(workers=args.sandbox_workers), few_shot=args.few_shot,
+                  description=f"policy {policy.name}" + (f", {ppm.name}" if ppm else ", no PPM"))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -183,8 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-calc-steps", type=int, default=None,
                     help="GSM8K only: keep problems with at most N calculator marks (default: recipe or all)")
     ap.add_argument("--base", default="", help="base GGUF (default: shipped SmolLM2)")
-    ap.add_argument("--policy-adapter", default="", help="policy LoRA GGUF")
-    ap.add_argument("--ppm-adapter", default="", help="PPM adapter GGUF (stacked)")
+    ap.add_argument("--policy-adapter", default="", help="policy LoRA GGUF (torch: or a peft dir)")
+    ap.add_argument("--ppm-adapter", default="", help="PPM adapter GGUF (stacked; torch: or a peft dir over the policy)")
     ap.add_argument("--ppm-head", default="", help="PPM value head .npz (turns on PPM-augmented search)")
     ap.add_argument("--few-shot", action="store_true", help="prompt with worked examples (untrained base)")
     ap.add_argument("--rollouts", type=int)
@@ -197,6 +229,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--backend", choices=["llama", "torch"], default="llama",
+                    help="llama: llama.cpp over GGUF (CPU); torch: transformers on --device (GPU rollouts)")
+    ap.add_argument("--device", default="auto", help="torch backend: cuda / cpu / auto")
+    ap.add_argument("--dtype", default="auto", help="torch backend: bfloat16 / float32 / auto")
+    ap.add_argument("--sandbox-workers", type=int, default=1, help="torch backend: sandbox processes")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 

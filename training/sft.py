@@ -173,7 +173,8 @@ def train(cfg: SFTConfig) -> dict:
             continue
         enc.append((x, y))
     if not enc:
-        raise SystemExit(f"no example fits max_seq_len={cfg.max_seq_len}")
+        raise SystemExit(f"no training example left: {len(train_ex)} after holding out {len(eval_ex)} for eval "
+                         f"(eval_size={cfg.eval_size}), {dropped} longer than max_seq_len={cfg.max_seq_len}")
     eval_enc = [e for e in (encode(tok, ex, add_eos=cfg.add_eos) for ex in eval_ex) if len(e[0]) <= cfg.max_seq_len]
     lengths = [len(x) for x, _ in enc]
     micro_per_epoch = math.ceil(len(enc) / cfg.batch_size)

@@ -16,6 +16,20 @@ class Candidate:
     tokens: int
 
 
+# A sibling that starts a new chat turn or problem has left the step format: end it, unparsed.
+ROGUE = ("<|user|>", "<|im_end|>", "<|im_start|>", "<|endoftext|>")
+
+
+def first_stop(text: str, stop: Sequence[str], rogue: Sequence[str] = ROGUE) -> tuple[int, str | None] | None:
+    """Earliest stop string in text: (cut position, marker); rogue strings give marker None."""
+    best = None
+    for s in list(stop) + list(rogue):
+        j = text.find(s)
+        if j != -1 and (best is None or j < best[0]):
+            best = (j, s if s in stop else None)
+    return best
+
+
 class Policy(Protocol):
     """Proposes candidate next steps for a prefix (prompt + steps so far)."""
 

@@ -22,10 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import Candidate
+from .base import ROGUE as _ROGUE, Candidate, first_stop as _first_stop
 
-# A sibling that starts a new chat turn or problem has left the step format: end it, unparsed.
-_ROGUE = ("<|user|>", "<|im_end|>", "<|im_start|>", "<|endoftext|>")
 _MODELS: dict[tuple[str, int], object] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -320,16 +318,6 @@ class LlamaPolicy:
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="ignore")
-
-
-def _first_stop(text: str, stop: Sequence[str], rogue: Sequence[str]) -> tuple[int, str | None] | None:
-    """Earliest stop string in text: (cut position, marker); rogue strings give marker None."""
-    best = None
-    for s in list(stop) + list(rogue):
-        j = text.find(s)
-        if j != -1 and (best is None or j < best[0]):
-            best = (j, s if s in stop else None)
-    return best
 
 
 class LlamaPPM:

@@ -1,0 +1,102 @@
+"""The torch backend (rstar_app.models.torch_hf, the GPU recipe's rollouts) against llama.cpp on the
+shipped weights, and its sampling contract on the tiny test model; then the GPU check script run
+end to end on CPU with the tiny model, so the script cannot rot while no GPU is lent."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("gguf")
+
+from rstar_app.models.torch_hf import TorchPolicy, TorchPPM  # noqa: E402
+from rstar_app.steps import STOP  # noqa: E402
+from rstar_app.steps import build_prompt  # noqa: E402
+from training.common import base_gguf_path  # noqa: E402
+from training.tiny import make_tiny_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+PROBLEM = "Sara has 4 pens and buys 2 more. How many pens does she have?"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture(scope="module")
+def policy_r1_peft(tmp_path_factory):
+    from training.export import import_lora_gguf
+    gguf = REPO / "weights" / "policy-r1.gguf"
+    if not gguf.is_file():
+        pytest.skip("no shipped policy adapter")
+    return import_lora_gguf(gguf, tmp_path_factory.mktemp("r1") / "peft")
+
+
+def test_torch_policy_greedy_step_matches_llama_cpp_on_the_shipped_policy(policy_r1_peft):
+    from rstar_app.models.llama_cpp import LlamaPolicy
+    prefix = build_prompt(PROBLEM)
+    kw = dict(n=1, max_tokens=48, temperature=0.0, top_p=1.0, top_k=0, seed=0, stop=STOP)
+    t = TorchPolicy(base_gguf_path(), adapter=policy_r1_peft, device="cpu", dtype="float32", max_candidates=2)
+    ll = LlamaPolicy(base_gguf_path(), adapter=str(REPO / "weights" / "policy-r1.gguf"), max_candidates=2,
+                     n_ctx=1024, n_threads=2)
+    a, b = t.generate(prefix, **kw)[0], ll.generate(prefix, **kw)[0]
+    assert a.tokens > 5 and b.tokens > 5
+    assert t.count_tokens(prefix) == ll.count_tokens(prefix)
+    # same weights (torch dequantises the same Q4_1 file), different kernels: same greedy words
+    assert a.text.split()[:8] == b.text.split()[:8], (a.text, b.text)
+
+
+def test_torch_siblings_equal_single_calls_with_their_seeds(tiny):
+    p = TorchPolicy(tiny, device="cpu", dtype="float32", max_candidates=4)
+    prefix = build_prompt(PROBLEM)
+    kw = dict(max_tokens=12, temperature=1.0, top_p=0.95, top_k=40, stop=STOP)
+    batch = p.generate(prefix, n=3, seed=10, **kw)
+    assert len(batch) == 3 and all(c.tokens > 0 for c in batch)
+    assert [p.generate(prefix, n=1, seed=10 + i, **kw)[0] for i in range(3)] == batch
+    assert len({c.text for c in batch}) > 1  # different seeds, different samples
+    assert all(c.tokens <= 12 for c in batch)
+    with pytest.raises(ValueError):
+        p.generate(prefix, n=5, seed=0, **kw)
+
+
+def test_torch_ppm_scores_match_llama_ppm_with_the_same_head(tmp_path):
+    from rstar_app.models.llama_cpp import LlamaPPM
+    rng = np.random.default_rng(0)
+    head = tmp_path / "head.npz"
+    np.savez(head, weight=rng.normal(0, 0.02, 576).astype(np.float32), bias=np.array([0.1], np.float32))
+    prefix = build_prompt(PROBLEM)
+    steps = ["# She buys 2 more pens\npens = 4 + 2\nprint(pens)\n<end_of_step>",
+             "# Subtract the pens\npens = 4 - 2\nprint(pens)\n<end_of_step>",
+             "<answer>The answer is \\boxed{6}"]
+    t = TorchPPM(base_gguf_path(), head, device="cpu", dtype="float32").score(prefix, steps)
+    ll = LlamaPPM(base_gguf_path(), head, n_threads=2, n_ctx=1024, max_candidates=4).score(prefix, steps)
+    assert len(t) == len(ll) == 3
+    assert np.allclose(t, ll, atol=0.05), (t, ll)
+    assert np.ptp(t) > 0.01  # the head is not constant over these steps
+
+
+def test_gpu_check_script_runs_end_to_end_on_cpu_with_the_tiny_model(tiny, tmp_path):
+    from training.bootstrap import GSM8K_TRAIN, build
+    rows = [json.loads(l) for _, l in zip(range(6), open(GSM8K_TRAIN))]
+    trajectories, _ = build(rows, executor="local")
+    data = tmp_path / "boot.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in trajectories))
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PY=sys.executable, WORK=str(tmp_path / "work"), DEVICE="cpu",
+               STEPS="2", BATCH="2", PROBLEMS="2", ROLLOUTS="2", CANDIDATES="2", SHARDS="2", STEP_TOKENS="24",
+               SEQ="512", EXTRA_SFT_ARGS="--threads 1 --eval-size 2")
+    r = subprocess.run(["bash", "training/gpu_check.sh", str(tiny), str(data)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "CHECK sft+export ok" in r.stdout and "CHECK rollouts ok" in r.stdout
+    summary = [l for l in r.stdout.splitlines() if l.startswith("SUMMARY rollouts=")]
+    assert summary and "rollouts=2 errors=0" in summary[0]
+    assert (out / "policy-sft.gguf").stat().st_size > 0
+    assert len((out / "rollouts.jsonl").read_text().splitlines()) == 2
