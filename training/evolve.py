@@ -226,11 +226,21 @@ class Round:
         policy = self.dir / "sft" / "adapter"
         if not self.done("sft"):
             policy = self.prev_models().get("policy", "<policy of round k-1>")
-        cmd = self.run("ppm", "ppm", ["--recipe", self.recipe_path, "--base", self.base, "--pairs", pairs,
-                                      "--policy-adapter", policy, "--out", self.dir / "ppm"])
+        args = ["--recipe", self.recipe_path, "--base", self.base, "--pairs", pairs,
+                "--policy-adapter", policy, "--out", self.dir / "ppm"]
+        cmds = []
+        n_syn = int(self.evo.get("ppm_synthetic_pairs") or 0)
+        if n_syn:  # training-only supplement (training/negatives.py), regenerated from its seed
+            syn = self.dir / "pairs_synthetic.jsonl"
+            cmds.append(self.run("ppm", "negatives", [
+                "--trajectories", _abs(self.recipe.get("bootstrap") or "training/data/bootstrap_gsm8k.jsonl"),
+                "--n", n_syn, "--seed", self.k, "--out", syn]))
+            args += ["--extra-pairs", syn]
+        cmds.append(self.run("ppm", "ppm", args))
         if not self.dry_run:
-            self.mark("ppm", command=cmd, adapter=str(self.dir / "ppm" / "ppm.gguf"),
-                      head=str(self.dir / "ppm" / "value_head.npz"), policy=str(policy))
+            self.mark("ppm", commands=cmds, adapter=str(self.dir / "ppm" / "ppm.gguf"),
+                      head=str(self.dir / "ppm" / "value_head.npz"), policy=str(policy),
+                      synthetic_pairs=n_syn)
 
     def stage_publish(self) -> None:
         """Copy the round's files into weights/ and rewrite manifest.json (atomically)."""
@@ -277,8 +287,9 @@ class Round:
             ppm = {"adapter": f"ppm-r{self.k}.gguf", "head": f"ppm-head-r{self.k}.npz",
                    "sha256": {"adapter": sha256_file(wd / f"ppm-r{self.k}.gguf"),
                               "head": sha256_file(wd / f"ppm-head-r{self.k}.npz")},
-                   "stacked_on": policy_file, "made_by": ppm_stage.get("command"),
-                   "data": [_describe_data(self.dir / "pairs.jsonl")],
+                   "stacked_on": policy_file, "made_by": ppm_stage.get("commands") or ppm_stage.get("command"),
+                   "data": [_describe_data(p) for p in (self.dir / "pairs.jsonl", self.dir / "pairs_synthetic.jsonl")
+                            if p.exists() and ppm_stage.get("synthetic_pairs", 1)],
                    "hyperparameters": ppm_log.get("config"),
                    "train": {k: ppm_log.get(k) for k in ("train_pairs", "steps", "eval_before", "eval_after", "this_run", "device")}}
         elif self.evo.get("keep_previous_ppm", True) and m.get("ppm") and self.k > 1:

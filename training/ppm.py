@@ -35,6 +35,7 @@ from training.common import command_line, load_base, pick_device, read_jsonl, re
 @dataclass
 class PPMConfig:
     pairs: str = "pairs.jsonl"
+    extra_pairs: list = field(default_factory=list)  # training-only pair files (training/negatives.py)
     out: str = "runs/ppm"
     base: str = ""
     policy_adapter: str = ""       # peft dir or adapter .gguf merged into the base first ('' = plain base)
@@ -200,6 +201,10 @@ def train(cfg: PPMConfig) -> dict:
     print(f"[ppm] model ready in {time.time() - t0:.1f}s on {device}", flush=True)
     pairs = read_jsonl(cfg.pairs)
     tr, ev = split_pairs(pairs, cfg.eval_frac, cfg.seed)
+    # extra (synthetic) pairs only ever train: held-out accuracy stays a measure on MCTS pairs
+    held_out = {split_key(p) for p in ev}
+    extra = [p for f in cfg.extra_pairs for p in read_jsonl(f) if split_key(p) not in held_out]
+    tr += extra
     rng = random.Random(cfg.seed)
     rng.shuffle(tr)
     if cfg.subset:
@@ -225,7 +230,8 @@ def train(cfg: PPMConfig) -> dict:
     if micro_per_epoch < cfg.grad_accum:
         raise SystemExit(f"{micro_per_epoch} batches per epoch < grad_accum={cfg.grad_accum}")
     total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * (micro_per_epoch // cfg.grad_accum))))
-    print(f"[ppm] {len(enc)} train pairs ({dropped} too long), {len(eval_enc)} held-out, {total_steps} steps", flush=True)
+    print(f"[ppm] {len(enc)} train pairs ({len(extra)} extra, {dropped} too long), {len(eval_enc)} held-out, "
+          f"{total_steps} steps", flush=True)
 
     lora_params = [p for p in vm.lm.parameters() if p.requires_grad]
     head_params = list(vm.head.parameters())
@@ -312,7 +318,7 @@ def train(cfg: PPMConfig) -> dict:
         except ImportError as e:
             print(f"[ppm] GGUF export skipped ({e}); run training.export later", flush=True)
     log = {"stage": "ppm", "command": command_line(), "config": dataclasses.asdict(cfg), "device": device,
-           "base": str(base_path), "pairs_total": len(pairs), "train_pairs": len(enc), "dropped_too_long": dropped,
+           "base": str(base_path), "pairs_total": len(pairs), "extra_pairs": len(extra), "train_pairs": len(enc), "dropped_too_long": dropped,
            "eval_before": eval_before, "eval_after": eval_after, "steps": step, "this_run": run_summary,
            "history": history + prog.history, "files": files}
     loop.write_log(out / "train_log.json", log)

@@ -1,6 +1,6 @@
 """training.evolve end to end on the tiny Llama: round 1 (bootstrap SFT -> export -> publish),
 round 2 from prepared rollouts (extract -> SFT -> PPM -> stacked export -> manifest), and round 3
-without a policy SFT (PPM from round 2's policy GGUF). In the default suite: ~2 CPU-minutes."""
+without a policy SFT (PPM from round 2's policy GGUF, plus synthetic one-slip pairs). In the default suite: ~2 CPU-minutes."""
 
 import json
 from pathlib import Path
@@ -58,7 +58,7 @@ workdir: {tmp_path / 'work'}
 weights_dir: {wd}
 problems: {tmp_path / 'unused.jsonl'}
 bootstrap: {boot}
-evolve: {{ppm_min_pairs: 4, ppm_min_heldout_accuracy: 0.0}}
+evolve: {{ppm_min_pairs: 4, ppm_min_heldout_accuracy: 0.0, ppm_synthetic_pairs: 6}}
 extract: {{q_margin: 0.5, min_edit: 5}}
 sft: {{max_seq_len: 320, subset: 16, max_steps: 2, batch_size: 4, lr: 1.0e-3, warmup_steps: 1, save_every: 0, threads: 2}}
 ppm: {{max_seq_len: 320, max_steps: 2, batch_size: 4, grad_accum: 1, eval_frac: 0.2, save_every: 0, threads: 2}}
@@ -108,6 +108,10 @@ export: {{dtype: f32}}
     assert m["ppm"]["adapter"] == "ppm-r3.gguf" and m["ppm"]["stacked_on"] == "policy-r2.gguf"
     st = json.loads((r3 / "stages.json").read_text())["stages"]
     assert st["ppm"]["policy"].endswith("policy.gguf") and "sft" not in st
+    # training-only one-slip pairs from the bootstrap trajectories, recorded with the PPM's data
+    assert st["ppm"]["synthetic_pairs"] == 6 and len((r3 / "pairs_synthetic.jsonl").read_text().splitlines()) == 6
+    assert [Path(d["path"]).name for d in m["ppm"]["data"]] == ["pairs.jsonl", "pairs_synthetic.jsonl"]
+    assert json.loads((r3 / "ppm" / "train_log.json").read_text())["extra_pairs"] > 0
     assert (r3 / "ppm" / "policy_adapter" / "adapter_config.json").is_file()
     w = load_weights(wd, verify=True)
     assert w.has_ppm and w.policy_adapter.name == "policy-r2.gguf" and w.ppm_head.name == "ppm-head-r3.npz"

@@ -118,3 +118,16 @@ def test_llama_ppm_scores_match_torch(tmp_path):
             if want[i] - want[j] > 0.1:  # clearly separated pairs keep their order
                 assert got[i] > got[j], (got, want)
     assert max(want) - min(want) > 0.1  # the check is not vacuous
+
+
+def test_extra_pairs_only_train_and_never_join_the_held_out_split(tiny, pairs, tmp_path):
+    rows = [json.loads(l) for l in pairs.read_text().splitlines()]
+    extra = tmp_path / "extra.jsonl"
+    # one extra pair per problem, synthetic-style, for every problem (held-out ones included)
+    extra.write_text("".join(json.dumps(dict(r, neg=r["pos"].replace("+", "-"), kind="synthetic")) + "\n" for r in rows))
+    plain = run(tiny, pairs, tmp_path / "plain", max_steps=1)
+    mixed = run(tiny, pairs, tmp_path / "mixed", max_steps=1, extra_pairs=extra)
+    held = plain["eval_before"]["pairs"]
+    assert mixed["eval_before"]["pairs"] == held > 0
+    assert mixed["extra_pairs"] == len(rows) - held  # the held-out problems' extra pairs are dropped
+    assert mixed["train_pairs"] == plain["train_pairs"] + mixed["extra_pairs"]
