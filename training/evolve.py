@@ -281,6 +281,12 @@ class Round:
             print(f"[evolve r{self.k}] publish: PPM not shipped, held-out pair accuracy {held_out} < {min_acc}",
                   flush=True)
             ppm_stage = {}
+        if not self.done("sft") and not ppm_stage.get("adapter"):
+            # nothing this round would ship: leave weights/ and the manifest as they are
+            print(f"[evolve r{self.k}] publish: nothing new (no policy SFT, no PPM passed); weights/ unchanged",
+                  flush=True)
+            self.mark("publish", skipped="nothing new to ship")
+            return
         if ppm_stage.get("adapter"):
             _copy(self.dir / "ppm" / "ppm.gguf", wd / f"ppm-r{self.k}.gguf")
             _copy(self.dir / "ppm" / "value_head.npz", wd / f"ppm-head-r{self.k}.npz")

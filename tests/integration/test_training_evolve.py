@@ -115,3 +115,16 @@ export: {{dtype: f32}}
     assert (r3 / "ppm" / "policy_adapter" / "adapter_config.json").is_file()
     w = load_weights(wd, verify=True)
     assert w.has_ppm and w.policy_adapter.name == "policy-r2.gguf" and w.ppm_head.name == "ppm-head-r3.npz"
+
+    # round 4: no policy SFT and a PPM below the held-out gate: nothing new ships, weights/ untouched
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(recipe.read_text().replace("ppm_min_heldout_accuracy: 0.0", "ppm_min_heldout_accuracy: 1.01"))
+    r4 = tmp_path / "work" / "round-4"
+    r4.mkdir(parents=True)
+    (r4 / "rollouts.jsonl").write_text("".join(json.dumps(fake_trace(i)) + "\n" for i in range(24, 36)))
+    (r4 / "stages.json").write_text(json.dumps({"round": 4, "stages": {"rollouts": {
+        "done": True, "commands": ["(prepared by the test)"], "files": [str(r4 / "rollouts.jsonl")]}}}))
+    before = (wd / "manifest.json").read_text()
+    evolve.main(["--recipe", str(strict), "--round", "4", "--stages", "extract,ppm,publish"])
+    assert (wd / "manifest.json").read_text() == before
+    assert json.loads((r4 / "stages.json").read_text())["stages"]["publish"]["skipped"] == "nothing new to ship"
