@@ -155,12 +155,14 @@ def bt_loss(r, n_pairs: int, scale: float):
     return -F.logsigmoid(scale * (pos - neg)), pos, neg
 
 
-def evaluate(vm: ValueModel, enc, cfg: PPMConfig, device: str, pad: int) -> dict:
+def evaluate(vm: ValueModel, enc, cfg: PPMConfig, device: str, pad: int, kinds: list[str] | None = None) -> dict:
+    """Pair accuracy (ties count half), BT loss and mean margin; with `kinds`, accuracy per kind."""
     import torch
     if not enc:
         return {"pairs": 0, "accuracy": None}
     vm.train(False)
-    correct, loss, margin = 0, 0.0, 0.0
+    loss, margin = 0.0, 0.0
+    hits: list[float] = []
     with torch.no_grad():
         for b in range(0, len(enc), cfg.batch_size):
             items = enc[b:b + cfg.batch_size]
@@ -168,12 +170,19 @@ def evaluate(vm: ValueModel, enc, cfg: PPMConfig, device: str, pad: int) -> dict
             with loop.autocast(device, cfg.precision):
                 r = vm.scores(ids, att)
             l, pos, neg = bt_loss(r.float(), len(items), cfg.bt_scale)
-            correct += float((pos > neg).sum()) + 0.5 * float((pos == neg).sum())  # ties count half
+            hits += ((pos > neg).float() + 0.5 * (pos == neg).float()).tolist()
             loss += float(l.sum())
             margin += float((pos - neg).sum())
     vm.train(True)
     n = len(enc)
-    return {"pairs": n, "accuracy": round(correct / n, 4), "loss": round(loss / n, 5), "mean_margin": round(margin / n, 5)}
+    correct = sum(hits)
+    out = {"pairs": n, "accuracy": round(correct / n, 4), "loss": round(loss / n, 5), "mean_margin": round(margin / n, 5)}
+    if kinds:
+        by: dict[str, list[float]] = {}
+        for k, h in zip(kinds, hits):
+            by.setdefault(k, []).append(h)
+        out["by_kind"] = {k: {"pairs": len(v), "accuracy": round(sum(v) / len(v), 4)} for k, v in sorted(by.items())}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,28 +210,34 @@ def train(cfg: PPMConfig) -> dict:
     print(f"[ppm] model ready in {time.time() - t0:.1f}s on {device}", flush=True)
     pairs = read_jsonl(cfg.pairs)
     tr, ev = split_pairs(pairs, cfg.eval_frac, cfg.seed)
-    # extra (synthetic) pairs only ever train: held-out accuracy stays a measure on MCTS pairs
-    held_out = {split_key(p) for p in ev}
-    extra = [p for f in cfg.extra_pairs for p in read_jsonl(f) if split_key(p) not in held_out]
+    # extra (synthetic) pairs are split by problem the same way; their held-out part is reported on
+    # its own (does the PPM learn them at all?), while the publish gate reads the MCTS pairs only
+    extra, extra_ev = split_pairs([p for f in cfg.extra_pairs for p in read_jsonl(f)], cfg.eval_frac, cfg.seed)
     tr += extra
     rng = random.Random(cfg.seed)
     rng.shuffle(tr)
     if cfg.subset:
         tr = tr[: cfg.subset]
-    ev = ev[: cfg.eval_max]
+    ev, extra_ev = ev[: cfg.eval_max], extra_ev[: cfg.eval_max]
 
     def enc_all(ps):
-        kept, dropped = [], 0
+        kept, dropped, kinds = [], 0, []
         for p in ps:
             x, y = encode_pair(tok, p)
             if max(len(x), len(y)) > cfg.max_seq_len:
                 dropped += 1
             else:
                 kept.append((x, y))
-        return kept, dropped
+                kinds.append(str(p.get("kind") or "step"))
+        return kept, dropped, kinds
 
-    enc, dropped = enc_all(tr)
-    eval_enc, _ = enc_all(ev)
+    enc, dropped, _ = enc_all(tr)
+    eval_enc, _, eval_kinds = enc_all(ev)
+    extra_eval_enc, _, _ = enc_all(extra_ev)
+
+    def evaluate_all() -> dict:
+        return {"mcts": evaluate(vm, eval_enc, cfg, device, pad, eval_kinds),
+                "extra": evaluate(vm, extra_eval_enc, cfg, device, pad) if extra_eval_enc else None}
     if not enc:
         raise SystemExit(f"no training pair fits max_seq_len={cfg.max_seq_len} ({len(pairs)} pairs in {cfg.pairs})")
     lengths = [max(len(x), len(y)) for x, y in enc]
@@ -256,10 +271,12 @@ def train(cfg: PPMConfig) -> dict:
         loop.set_rng_state(state["rng"])
         step, epoch, micro = state["step"], state["epoch"], state["micro"]
         history, eval_before = state.get("history", []), state.get("eval_before")
+        if eval_before is not None and "mcts" not in eval_before:  # a checkpoint from before extra pairs
+            eval_before = {"mcts": eval_before, "extra": None}
         print(f"[ppm] resumed from step {step}", flush=True)
     else:
-        eval_before = evaluate(vm, eval_enc, cfg, device, pad)
-        print(f"[ppm] held-out before training: {eval_before}", flush=True)
+        eval_before = evaluate_all()
+        print(f"[ppm] held-out before training: {eval_before['mcts']}; extra pairs: {eval_before['extra']}", flush=True)
 
     prog = loop.Progress(total_steps, cfg.log_every, start_step=step)
 
@@ -302,8 +319,8 @@ def train(cfg: PPMConfig) -> dict:
             return {"stopped_at": step}
 
     run_summary = prog.summary()  # training only: evaluation and saving are not in tokens/s
-    eval_after = evaluate(vm, eval_enc, cfg, device, pad)
-    print(f"[ppm] held-out after training: {eval_after}", flush=True)
+    eval_after = evaluate_all()
+    print(f"[ppm] held-out after training: {eval_after['mcts']}; extra pairs: {eval_after['extra']}", flush=True)
     adapter_dir = loop.save_adapter_atomic(vm.lm, out / "ppm_adapter")
     from training.export import export_value_head
     head_path = export_value_head(vm.head.weight.detach().cpu().numpy(), vm.head.bias.detach().cpu().numpy(),
@@ -319,7 +336,8 @@ def train(cfg: PPMConfig) -> dict:
             print(f"[ppm] GGUF export skipped ({e}); run training.export later", flush=True)
     log = {"stage": "ppm", "command": command_line(), "config": dataclasses.asdict(cfg), "device": device,
            "base": str(base_path), "pairs_total": len(pairs), "extra_pairs": len(extra), "train_pairs": len(enc), "dropped_too_long": dropped,
-           "eval_before": eval_before, "eval_after": eval_after, "steps": step, "this_run": run_summary,
+           "eval_before": eval_before["mcts"], "eval_after": eval_after["mcts"],
+           "eval_extra_before": eval_before["extra"], "eval_extra_after": eval_after["extra"], "steps": step, "this_run": run_summary,
            "history": history + prog.history, "files": files}
     loop.write_log(out / "train_log.json", log)
     return log

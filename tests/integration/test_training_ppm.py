@@ -120,7 +120,7 @@ def test_llama_ppm_scores_match_torch(tmp_path):
     assert max(want) - min(want) > 0.1  # the check is not vacuous
 
 
-def test_extra_pairs_only_train_and_never_join_the_held_out_split(tiny, pairs, tmp_path):
+def test_extra_pairs_are_split_by_problem_and_kept_out_of_the_gated_held_out_number(tiny, pairs, tmp_path):
     rows = [json.loads(l) for l in pairs.read_text().splitlines()]
     extra = tmp_path / "extra.jsonl"
     # one extra pair per problem, synthetic-style, for every problem (held-out ones included)
@@ -131,3 +131,6 @@ def test_extra_pairs_only_train_and_never_join_the_held_out_split(tiny, pairs, t
     assert mixed["eval_before"]["pairs"] == held > 0
     assert mixed["extra_pairs"] == len(rows) - held  # the held-out problems' extra pairs are dropped
     assert mixed["train_pairs"] == plain["train_pairs"] + mixed["extra_pairs"]
+    # the extra pairs of held-out problems are scored on their own, never in the gate's number
+    assert mixed["eval_extra_after"]["pairs"] == held and plain["eval_extra_after"] is None
+    assert set(mixed["eval_after"]["by_kind"]) == {"step"}
