@@ -294,8 +294,8 @@ class Round:
                    "sha256": {"adapter": sha256_file(wd / f"ppm-r{self.k}.gguf"),
                               "head": sha256_file(wd / f"ppm-head-r{self.k}.npz")},
                    "stacked_on": policy_file, "made_by": ppm_stage.get("commands") or ppm_stage.get("command"),
-                   "data": [_describe_data(p) for p in (self.dir / "pairs.jsonl", self.dir / "pairs_synthetic.jsonl")
-                            if p.exists() and ppm_stage.get("synthetic_pairs", 1)],
+                   "data": [_describe_data(self.dir / "pairs.jsonl")]
+                           + ([_describe_data(self.dir / "pairs_synthetic.jsonl")] if ppm_stage.get("synthetic_pairs") else []),
                    "hyperparameters": ppm_log.get("config"),
                    "train": {k: ppm_log.get(k) for k in ("train_pairs", "steps", "eval_before", "eval_after", "this_run", "device")}}
         elif self.evo.get("keep_previous_ppm", True) and m.get("ppm") and self.k > 1:

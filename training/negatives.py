@@ -30,9 +30,8 @@ if __package__ in (None, ""):
 from rstar_app.steps import END_STEP, build_prompt  # noqa: E402
 from training.common import iter_jsonl, run_programs, write_jsonl  # noqa: E402
 
-SWAP = {ast.Add: ("-", ast.Sub), ast.Sub: ("+", ast.Add), ast.Mult: ("/", ast.Div), ast.Div: ("*", ast.Mult)}
-# how a comment may write each operator (GSM8K solutions use x and the unicode signs too)
-COMMENT_OPS = {"+": "+", "-": "-", "*": "*", "x": "*", "×": "*", "/": "/", "÷": "/"}
+SWAP = {ast.Add: "-", ast.Sub: "+", ast.Mult: "/", ast.Div: "*"}  # the operator each slip writes instead
+COMMENT_OPS = "+-*x×/÷"  # how a comment may write an operator (GSM8K solutions use x and the unicode signs too)
 NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
 FORMULA = re.compile(rf"((?:\$?{NUM}|[()])(?:\s*(?:[-+*/x×÷]|[()])*\s*(?:\$?{NUM}|[()]))*)\s*=\s*\$?({NUM})")
 
@@ -40,7 +39,7 @@ FORMULA = re.compile(rf"((?:\$?{NUM}|[()])(?:\s*(?:[-+*/x×÷]|[()])*\s*(?:\$?{N
 def split_steps(text: str) -> tuple[list[str], str]:
     """Bootstrap/SFT solution text -> (intermediate code steps without their marker, the rest)."""
     parts = text.split(END_STEP + "\n")
-    return [p for p in parts[:-1]], parts[-1]
+    return parts[:-1], parts[-1]
 
 
 def fmt_value(v: float) -> str:
@@ -78,7 +77,7 @@ def slips(step: str, question: str) -> list[tuple[str, str]]:
                     key=lambda n: (n.left.end_col_offset, n.right.col_offset))
     for j, b in enumerate(binops):
         gap = line[b.left.end_col_offset:b.right.col_offset]
-        sym, _ = SWAP[type(b.op)]
+        sym = SWAP[type(b.op)]
         new_gap = re.sub(r"[-+*/]", sym, gap, count=1)
         if new_gap == gap:
             continue
@@ -102,20 +101,34 @@ def slips(step: str, question: str) -> list[tuple[str, str]]:
     return out
 
 
-def _swap_in_comment(comment: str, j: int, n_ops: int, sym: str) -> str | None:
-    """Swap the j-th operator of the comment's formula when it has the code's n_ops operators;
-    a comment without any number is left as it is."""
+def _edit_formula(comment: str, edit) -> str | None:
+    """Apply `edit(formula) -> new formula | None` to the comment's first "a op b = c" formula. A
+    comment without any number is left as it is (the code slip alone is consistent with it); one
+    with numbers but no editable formula gives None (no pair)."""
     m = FORMULA.search(comment)
     if m is None:
         return comment if not _has_numbers(comment) else None
-    formula = m.group(1)
-    ops = [k for k, ch in enumerate(formula) if ch in COMMENT_OPS and _is_op(formula, k)]
-    if len(ops) != n_ops:
-        return None
-    k = ops[j]
-    shown = {"-": "-", "+": "+", "*": "x" if formula[k] in "x×" else "*", "/": "/"}[sym]
-    new = formula[:k] + shown + formula[k + 1:]
-    return comment[:m.start(1)] + new + comment[m.end(1):]
+    new = edit(m.group(1))
+    return None if new is None else comment[:m.start(1)] + new + comment[m.end(1):]
+
+
+def _swap_in_comment(comment: str, j: int, n_ops: int, sym: str) -> str | None:
+    """Swap the j-th operator of the comment's formula when it has the code's n_ops operators."""
+    def edit(formula: str) -> str | None:
+        ops = [k for k, ch in enumerate(formula) if ch in COMMENT_OPS and _is_op(formula, k)]
+        if len(ops) != n_ops:
+            return None
+        k = ops[j]
+        return formula[:k] + sym + formula[k + 1:]
+    return _edit_formula(comment, edit)
+
+
+def _replace_in_comment(comment: str, src: str, rep: str) -> str | None:
+    """Replace the operand `src` (a whole number, not part of one) in the comment's formula."""
+    def edit(formula: str) -> str | None:
+        hit = re.search(rf"(?<![\d.]){re.escape(src)}(?![\d.])", formula)
+        return None if hit is None else formula[:hit.start()] + rep + formula[hit.end():]
+    return _edit_formula(comment, edit)
 
 
 def _has_numbers(comment: str) -> bool:
@@ -128,18 +141,6 @@ def _is_op(formula: str, k: int) -> bool:
         left, right = formula[:k].rstrip()[-1:], formula[k + 1:].lstrip()[:1]
         return bool(left) and bool(right) and (left.isdigit() or left == ")") and (right.isdigit() or right in "($")
     return True
-
-
-def _replace_in_comment(comment: str, src: str, rep: str) -> str | None:
-    m = FORMULA.search(comment)
-    if m is None:
-        return comment if not _has_numbers(comment) else None
-    formula = m.group(1)
-    hit = re.search(rf"(?<![\d.]){re.escape(src)}(?![\d.])", formula)
-    if hit is None:
-        return None
-    new = formula[:hit.start()] + rep + formula[hit.end():]
-    return comment[:m.start(1)] + new + comment[m.end(1):]
 
 
 def _with_value(step: str, value: float) -> str:

@@ -178,11 +178,16 @@ def evaluate(vm: ValueModel, enc, cfg: PPMConfig, device: str, pad: int, kinds: 
     correct = sum(hits)
     out = {"pairs": n, "accuracy": round(correct / n, 4), "loss": round(loss / n, 5), "mean_margin": round(margin / n, 5)}
     if kinds:
-        by: dict[str, list[float]] = {}
-        for k, h in zip(kinds, hits):
-            by.setdefault(k, []).append(h)
-        out["by_kind"] = {k: {"pairs": len(v), "accuracy": round(sum(v) / len(v), 4)} for k, v in sorted(by.items())}
+        out["by_kind"] = accuracy_by_kind(kinds, hits)
     return out
+
+
+def accuracy_by_kind(kinds: list[str], hits: list[float]) -> dict:
+    """{kind: {pairs, accuracy}} from per-pair hits (1 right, 0.5 tie, 0 wrong)."""
+    by: dict[str, list[float]] = {}
+    for k, h in zip(kinds, hits):
+        by.setdefault(k, []).append(h)
+    return {k: {"pairs": len(v), "accuracy": round(sum(v) / len(v), 4)} for k, v in sorted(by.items())}
 
 
 # ---------------------------------------------------------------------------------------------

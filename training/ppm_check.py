@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,18 +18,17 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training.common import read_jsonl, resolve_base  # noqa: E402
-from training.ppm import split_pairs  # noqa: E402
+from training.ppm import accuracy_by_kind, split_pairs  # noqa: E402
 
 
 def pair_accuracy(pairs: Sequence[dict], score: Callable[[str, list[str]], list[float]]) -> dict:
     """{kind: {pairs, accuracy}} plus 'all'; ties count half, as in training.ppm.evaluate."""
-    by: dict[str, list[float]] = defaultdict(list)
+    kinds, hits = [], []
     for p in pairs:
         a, b = score(p["prefix"], [p["pos"], p["neg"]])
-        hit = 1.0 if a > b else 0.5 if a == b else 0.0
-        by[str(p.get("kind") or "step")].append(hit)
-        by["all"].append(hit)
-    return {k: {"pairs": len(v), "accuracy": round(sum(v) / len(v), 4)} for k, v in sorted(by.items())}
+        kinds.append(str(p.get("kind") or "step"))
+        hits.append(1.0 if a > b else 0.5 if a == b else 0.0)
+    return accuracy_by_kind(kinds + ["all"] * len(hits), hits + hits)
 
 
 def check(pairs: list[dict], extra: list[dict], score, *, eval_frac: float, seed: int, train_sample: int) -> dict:

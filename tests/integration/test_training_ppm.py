@@ -129,7 +129,7 @@ def test_extra_pairs_are_split_by_problem_and_kept_out_of_the_gated_held_out_num
     mixed = run(tiny, pairs, tmp_path / "mixed", max_steps=1, extra_pairs=extra)
     held = plain["eval_before"]["pairs"]
     assert mixed["eval_before"]["pairs"] == held > 0
-    assert mixed["extra_pairs"] == len(rows) - held  # the held-out problems' extra pairs are dropped
+    assert mixed["extra_pairs"] == len(rows) - held  # the held-out problems' extra pairs do not train
     assert mixed["train_pairs"] == plain["train_pairs"] + mixed["extra_pairs"]
     # the extra pairs of held-out problems are scored on their own, never in the gate's number
     assert mixed["eval_extra_after"]["pairs"] == held and plain["eval_extra_after"] is None
