@@ -19,6 +19,8 @@ import argparse
 import datetime as dt
 import json
 import os
+import random
+import re
 import shlex
 import shutil
 import subprocess
@@ -197,17 +199,26 @@ class Round:
             return
         rows = read_jsonl(self.dir / "sft_extracted.jsonl")
         sources = [str(self.dir / "sft_extracted.jsonl")]
-        if self.evo.get("sft_mix_bootstrap", True) and boot.exists():
-            rows += read_jsonl(boot)
-            sources.append(str(boot))
+        # the new on-policy trajectories can be up-weighted; the bootstrap set is mixed in whole (true)
+        # or as a seeded replay sample of N rows (an int), so a continued policy does not forget it
+        rows = rows * max(1, int(self.evo.get("sft_extracted_repeat", 1)))
+        mix = self.evo.get("sft_mix_bootstrap", True)
+        if mix and boot.exists():
+            boot_rows = read_jsonl(boot)
+            if mix is not True:
+                boot_rows = random.Random(self.k).sample(boot_rows, min(int(mix), len(boot_rows)))
+            rows += boot_rows
+            sources.append(str(boot) + ("" if mix is True else f" (replay sample of {len(boot_rows)}, seed {self.k})"))
         write_jsonl(sft_data, rows)
         self.mark("extract", command=cmd, sft_data=str(sft_data), sources=sources, sft=len(rows),
                   pairs=len(read_jsonl(self.dir / "pairs.jsonl")))
 
     def stage_sft(self) -> None:
         out = self.dir / "sft"
-        cmd = self.run("sft", "sft", ["--recipe", self.recipe_path, "--base", self.base,
-                                      "--data", self.dir / "sft_data.jsonl", "--out", out])
+        args = ["--recipe", self.recipe_path, "--base", self.base, "--data", self.dir / "sft_data.jsonl", "--out", out]
+        if self.k > 1 and self.evo.get("sft_init_previous"):  # continue round k-1's policy (CPU budget)
+            args += ["--init-adapter", self.prev_models().get("policy", "<policy of round k-1>")]
+        cmd = self.run("sft", "sft", args)
         cmd2 = self.run("sft", "export", ["--adapter", out / "adapter", "--out", self.dir / "policy.gguf",
                                           "--base", self.base] + _dtype(self.recipe))
         if not self.dry_run:
@@ -319,9 +330,22 @@ class Round:
         })
         m.setdefault("eval", {})  # filled by the evaluation harness
         atomic_write_json(wd / "manifest.json", m)
-        self.mark("publish", manifest=str(wd / "manifest.json"))
+        removed = _prune(wd, keep=[policy_file] + ([ppm["adapter"], ppm["head"]] if ppm else []))
+        self.mark("publish", manifest=str(wd / "manifest.json"), removed=removed)
         print(f"[evolve r{self.k}] published {policy_file}" + (f" + {ppm['adapter']}" if ppm else "")
               + f" -> {wd / 'manifest.json'}", flush=True)
+
+
+def _prune(wd: Path, keep: list[str]) -> list[str]:
+    """Replace, don't accumulate: delete earlier rounds' adapters/heads (and their side files) that the
+    manifest no longer names; git history keeps them."""
+    stems = {k.split(".")[0] for k in keep}
+    gone = []
+    for f in sorted(wd.iterdir()):
+        if re.fullmatch(r"(policy|ppm|ppm-head)-r\d+(\.[\w]+)+", f.name) and f.name.split(".")[0] not in stems:
+            f.unlink()
+            gone.append(f.name)
+    return gone
 
 
 def _abs(p) -> Path:

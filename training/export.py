@@ -170,6 +170,16 @@ def import_lora_gguf(path: str | os.PathLike, out_dir: str | os.PathLike, *, bas
     return out
 
 
+def as_peft_dir(adapter: str | os.PathLike, cache_dir: str | os.PathLike, *, base=None) -> str:
+    """A peft adapter directory for `adapter`: itself when it is one, else (an adapter GGUF, e.g. a
+    shipped round) imported once into cache_dir and reused on later calls (resumed runs)."""
+    if Path(adapter).is_dir():
+        return str(adapter)
+    if not (Path(cache_dir) / "adapter_config.json").is_file():
+        import_lora_gguf(adapter, cache_dir, base=base)
+    return str(cache_dir)
+
+
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------

@@ -206,11 +206,9 @@ def train(cfg: PPMConfig) -> dict:
 
     t0 = time.time()
     if cfg.policy_adapter.endswith(".gguf"):  # a shipped llama.cpp adapter: back to peft first
-        imported = out / "policy_adapter"
-        if not (imported / "adapter_config.json").exists():
-            from training.export import import_lora_gguf
-            import_lora_gguf(cfg.policy_adapter, imported, base=cfg.base or None)
-        cfg = dataclasses.replace(cfg, policy_adapter=str(imported))
+        from training.export import as_peft_dir
+        cfg = dataclasses.replace(cfg, policy_adapter=as_peft_dir(cfg.policy_adapter, out / "policy_adapter",
+                                                                   base=cfg.base or None))
     vm, tok, base_path = build_model(cfg, device)
     print(f"[ppm] model ready in {time.time() - t0:.1f}s on {device}", flush=True)
     pairs = read_jsonl(cfg.pairs)

@@ -181,15 +181,12 @@ def _torch_engine(args: argparse.Namespace, base, use_ppm: bool):
     from rstar_app.engine import Engine
     from rstar_app.models.torch_hf import TorchPolicy, TorchPPM
     from rstar_app.sandbox import Sandbox
-    from training.export import import_lora_gguf
+    from training.export import as_peft_dir
 
     def peft_dir(adapter: str, tag: str) -> str | None:
-        if not adapter or Path(adapter).is_dir():
-            return adapter or None
-        d = Path(args.out).parent / f".{Path(args.out).stem}.{tag}-peft"
-        if not (d / "adapter_config.json").is_file():
-            import_lora_gguf(adapter, d, base=str(base))
-        return str(d)
+        if not adapter:
+            return None
+        return as_peft_dir(adapter, Path(args.out).parent / f".{Path(args.out).stem}.{tag}-peft", base=str(base))
 
     k = max(8, args.candidates or 0)
     pol = peft_dir(args.policy_adapter, "policy")

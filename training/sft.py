@@ -59,7 +59,7 @@ class SFTConfig:
     save_every: int = 50           # optimizer steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2
     log_every: int = 5
-    init_adapter: str = ""         # start from an existing peft adapter dir (else a fresh LoRA)
+    init_adapter: str = ""         # start from an existing adapter (peft dir or .gguf; else a fresh LoRA)
     stop_after: int = 0            # testing: exit after N steps of this invocation, as if killed
 
 
@@ -149,8 +149,15 @@ def train(cfg: SFTConfig) -> dict:
     model, tok = load_base(base_path)
     if main_proc:
         print(f"[sft] base {base_path} loaded in {time.time() - t_load:.1f}s; device {device}", flush=True)
-    if cfg.init_adapter:
-        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+    if cfg.init_adapter:  # continue a previous round's policy (a shipped adapter GGUF is imported to peft)
+        from training.export import as_peft_dir
+        init = as_peft_dir(cfg.init_adapter, out / "init_adapter", base=str(base_path))
+        model = PeftModel.from_pretrained(model, init, is_trainable=True)
+        if cfg.top_layers:  # train only the top blocks' LoRA: backward then stops there (~1.4x faster on CPU)
+            low = loop.n_layers(model) - cfg.top_layers
+            for name, p in model.named_parameters():
+                if p.requires_grad and ".layers." in name and int(name.split(".layers.")[1].split(".")[0]) < low:
+                    p.requires_grad_(False)
     else:
         model = get_peft_model(model, loop.lora_config(
             model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -196,12 +203,12 @@ def train(cfg: SFTConfig) -> dict:
     ck = loop.Checkpointer(out, cfg.keep_checkpoints)
     step, epoch, micro = 0, 0, 0
     history: list[dict] = []
-    ident = {"data_hash": data_hash, "lora_r": cfg.lora_r, "top_layers": cfg.top_layers,
+    ident = {"data_hash": data_hash, "lora_r": cfg.lora_r, "top_layers": cfg.top_layers, "init_adapter": cfg.init_adapter or None,
              "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seed": cfg.seed,
              "world": world, "base": str(base_path)}
     state = ck.load_latest()
     if state is not None:
-        loop.check_resume_compatible(state["ident"], ident, ["data_hash", "lora_r", "top_layers", "batch_size", "grad_accum", "seed", "world"])
+        loop.check_resume_compatible(state["ident"], ident, ["data_hash", "lora_r", "top_layers", "init_adapter", "batch_size", "grad_accum", "seed", "world"])
         loop.load_trainable_state(model, state["trainable"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

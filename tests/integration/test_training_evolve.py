@@ -84,14 +84,27 @@ export: {{dtype: f32}}
     (r2 / "rollouts.jsonl").write_text("".join(json.dumps(fake_trace(i)) + "\n" for i in range(12)))
     (r2 / "stages.json").write_text(json.dumps({"round": 2, "stages": {"rollouts": {
         "done": True, "commands": ["(prepared by the test)"], "files": [str(r2 / "rollouts.jsonl")]}}}))
-    evolve.main(["--recipe", str(recipe), "--round", "2"])
+    # the CPU recipe's way: continue round 1's policy GGUF (imported to peft) on the extracted
+    # trajectories repeated twice + a replay sample of the bootstrap set, top block's LoRA trained only
+    cont = tmp_path / "continue.yaml"
+    cont.write_text(recipe.read_text().replace(
+        "ppm_synthetic_pairs: 6}", "ppm_synthetic_pairs: 6, sft_init_previous: true, sft_extracted_repeat: 2, sft_mix_bootstrap: 10}")
+        .replace("threads: 2}\nppm", "threads: 2, top_layers: 1}\nppm"))
+    evolve.main(["--recipe", str(cont), "--round", "2"])
     m = json.loads((wd / "manifest.json").read_text())
     assert m["round"] == 2 and m["policy"]["adapter"] == "policy-r2.gguf"
+    assert not (wd / "policy-r1.gguf").exists()  # replaced, not accumulated
+    log = json.loads((r2 / "sft" / "train_log.json").read_text())
+    assert log["config"]["init_adapter"].endswith("round-1/policy.gguf")
+    assert (r2 / "sft" / "init_adapter" / "adapter_config.json").is_file()
+    r1_log = json.loads((tmp_path / "work" / "round-1" / "sft" / "train_log.json").read_text())
+    assert 0 < log["trainable_params"] < r1_log["trainable_params"]  # lower blocks' LoRA frozen
     assert m["ppm"]["adapter"] == "ppm-r2.gguf" and m["ppm"]["head"] == "ppm-head-r2.npz"
     assert m["ppm"]["stacked_on"] == "policy-r2.gguf"
     assert m["history"][0]["round"] == 1
     st = json.loads((r2 / "stages.json").read_text())["stages"]
-    assert st["extract"]["sft"] == 12 + sum(1 for _ in open(boot)) and st["extract"]["pairs"] >= 12
+    assert st["extract"]["sft"] == 2 * 12 + 10 and st["extract"]["pairs"] >= 12
+    assert st["extract"]["sources"][1].endswith("(replay sample of 10, seed 2)")
     w = load_weights(wd, verify=True)
     assert w.has_ppm and w.ppm_adapter.name == "ppm-r2.gguf"
 
