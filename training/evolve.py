@@ -239,19 +239,26 @@ class Round:
             policy = self.prev_models().get("policy", "<policy of round k-1>")
         args = ["--recipe", self.recipe_path, "--base", self.base, "--pairs", pairs,
                 "--policy-adapter", policy, "--out", self.dir / "ppm"]
-        cmds = []
+        cmds, extra = [], []
         n_syn = int(self.evo.get("ppm_synthetic_pairs") or 0)
         if n_syn:  # training-only supplement (training/negatives.py), regenerated from its seed
-            syn = self.dir / "pairs_synthetic.jsonl"
+            extra.append(self.dir / "pairs_synthetic.jsonl")
             cmds.append(self.run("ppm", "negatives", [
                 "--trajectories", _abs(self.recipe.get("bootstrap") or "training/data/bootstrap_gsm8k.jsonl"),
-                "--n", n_syn, "--seed", self.k, "--out", syn]))
-            args += ["--extra-pairs", syn]
+                "--n", n_syn, "--seed", self.k, "--out", extra[-1]]))
+        if self.evo.get("ppm_synthetic_on_policy") and (self.dir / "sft_extracted.jsonl").exists():
+            # the same slips in this round's own correct trajectories (the policy's wording and problem
+            # mix), one per trajectory; split by problem like the MCTS pairs, so none leaks into held-out
+            extra.append(self.dir / "pairs_synthetic_onpolicy.jsonl")
+            cmds.append(self.run("ppm", "negatives", ["--trajectories", self.dir / "sft_extracted.jsonl",
+                                                      "--n", 100000, "--seed", self.k, "--out", extra[-1]]))
+        if extra:
+            args += ["--extra-pairs", ",".join(map(str, extra))]
         cmds.append(self.run("ppm", "ppm", args))
         if not self.dry_run:
             self.mark("ppm", commands=cmds, adapter=str(self.dir / "ppm" / "ppm.gguf"),
                       head=str(self.dir / "ppm" / "value_head.npz"), policy=str(policy),
-                      synthetic_pairs=n_syn)
+                      synthetic_pairs=n_syn, extra_pairs=[str(f) for f in extra])
 
     def stage_publish(self) -> None:
         """Copy the round's files into weights/ and rewrite manifest.json (atomically)."""
@@ -306,7 +313,7 @@ class Round:
                               "head": sha256_file(wd / f"ppm-head-r{self.k}.npz")},
                    "stacked_on": policy_file, "made_by": ppm_stage.get("commands") or ppm_stage.get("command"),
                    "data": [_describe_data(self.dir / "pairs.jsonl")]
-                           + ([_describe_data(self.dir / "pairs_synthetic.jsonl")] if ppm_stage.get("synthetic_pairs") else []),
+                           + [_describe_data(f) for f in ppm_stage.get("extra_pairs", [])],
                    "hyperparameters": ppm_log.get("config"),
                    "train": {k: ppm_log.get(k) for k in ("train_pairs", "steps", "eval_before", "eval_after", "this_run", "device")}}
         elif self.evo.get("keep_previous_ppm", True) and m.get("ppm") and self.k > 1:

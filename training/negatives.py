@@ -196,7 +196,7 @@ def make_pairs(rows: list[dict], n: int, *, seed: int = 0, executor: str = "loca
             pairs.append({"prefix": prefix, "pos": steps[k].rstrip("\n") + "\n" + END_STEP + "\n",
                           "neg": _with_value(wrong, vb).rstrip("\n") + "\n" + END_STEP + "\n",
                           "q_pos": 1.0, "q_neg": -1.0, "kind": "synthetic", "node": k,
-                          "problem_id": str(row.get("id"))})
+                          "problem_id": str(row.get("problem_id") or row.get("id"))})
             if len(pairs) >= n:
                 break
     return pairs

@@ -88,7 +88,8 @@ export: {{dtype: f32}}
     # trajectories repeated twice + a replay sample of the bootstrap set, top block's LoRA trained only
     cont = tmp_path / "continue.yaml"
     cont.write_text(recipe.read_text().replace(
-        "ppm_synthetic_pairs: 6}", "ppm_synthetic_pairs: 6, sft_init_previous: true, sft_extracted_repeat: 2, sft_mix_bootstrap: 10}")
+        "ppm_synthetic_pairs: 6}", "ppm_synthetic_pairs: 6, sft_init_previous: true, sft_extracted_repeat: 2, sft_mix_bootstrap: 10, "
+        "ppm_synthetic_on_policy: true}")
         .replace("threads: 2}\nppm", "threads: 2, top_layers: 1}\nppm"))
     evolve.main(["--recipe", str(cont), "--round", "2"])
     m = json.loads((wd / "manifest.json").read_text())
@@ -105,6 +106,11 @@ export: {{dtype: f32}}
     st = json.loads((r2 / "stages.json").read_text())["stages"]
     assert st["extract"]["sft"] == 2 * 12 + 10 and st["extract"]["pairs"] >= 12
     assert st["extract"]["sources"][1].endswith("(replay sample of 10, seed 2)")
+    # slips made in the round's own correct trajectories too, keyed by their problem for the split
+    onpol = [json.loads(l) for l in open(r2 / "pairs_synthetic_onpolicy.jsonl")]
+    assert onpol and {p["problem_id"] for p in onpol} <= {f"p{i}" for i in range(12)}
+    assert [Path(d["path"]).name for d in m["ppm"]["data"]] == [
+        "pairs.jsonl", "pairs_synthetic.jsonl", "pairs_synthetic_onpolicy.jsonl"]
     w = load_weights(wd, verify=True)
     assert w.has_ppm and w.ppm_adapter.name == "ppm-r2.gguf"
 
