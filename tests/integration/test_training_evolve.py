@@ -113,6 +113,12 @@ export: {{dtype: f32}}
         "pairs.jsonl", "pairs_synthetic.jsonl", "pairs_synthetic_onpolicy.jsonl"]
     w = load_weights(wd, verify=True)
     assert w.has_ppm and w.ppm_adapter.name == "ppm-r2.gguf"
+    # the replay sample is described by the file it came from
+    assert m["policy"]["data"][1]["replay_sample"] == {"rows": 10, "seed": 2}
+    assert m["policy"]["data"][1]["rows"] > 10 and "missing" not in m["policy"]["data"][1]
+    # republishing round 2 rewrites its manifest without listing round 2 in its own history
+    evolve.main(["--recipe", str(cont), "--round", "2", "--stages", "publish", "--redo", "publish"])
+    assert [h["round"] for h in json.loads((wd / "manifest.json").read_text())["history"]] == [1]
 
     # round 3 on a CPU budget: extract + PPM + publish without a policy SFT. The PPM starts from
     # round 2's policy GGUF (imported back to peft) and the manifest keeps that policy.

