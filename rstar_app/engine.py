@@ -69,7 +69,7 @@ class Engine:
             padapter = ppm_adapter if (ppm_head or ppm_path) else (w.ppm_adapter if w else None)
             ppm = LlamaPPM(ppm_path or base, head, adapter=str(padapter) if padapter else None,
                            max_candidates=max_candidates, n_ctx=n_ctx, n_threads=n_threads)
-        desc = w.describe() if (w and not policy_path and not api_url) else (
+        desc = w.describe(ppm=ppm is not None) if (w and not policy_path and not api_url) else (
             f"policy {getattr(policy, 'name', '?')}" + (f", {ppm.name}" if ppm else ", no PPM"))
         if shot:
             desc += " [few-shot prompt]"

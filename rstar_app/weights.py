@@ -57,12 +57,13 @@ class Weights:
     def has_ppm(self) -> bool:
         return self.ppm_head is not None
 
-    def describe(self) -> str:
+    def describe(self, *, ppm: bool = True) -> str:
+        """One line naming the models; ppm=False when the engine runs without the PPM (--no-ppm)."""
         if self.policy_adapter is None:
             return (f"base model {self.base.name} with a few-shot prompt and no PPM "
                     "(no trained weights in the manifest)")
         s = f"policy round {self.round} ({self.policy_adapter.name} on {self.base.name})"
-        return s + (f", PPM {self.ppm_head.name}" if self.ppm_head else ", no PPM")
+        return s + (f", PPM {self.ppm_head.name}" if self.ppm_head and ppm else ", no PPM")
 
 
 def load_weights(directory: str | Path | None = None, *, verify: bool = False) -> Weights:
