@@ -80,7 +80,11 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
             t0 = time.monotonic()
             tree = engine.solve(it["question"], config)
             row = {"id": it["id"], "gold": it["gold"], "answer": tree.answer,
-                   "correct": is_correct(tree.answer, it["gold"]), "tokens": tree.meta["stats"]["tokens"],
+                   "correct": is_correct(tree.answer, it["gold"]),
+                   # graded after the search (gold never enters it): did any terminal reach the gold
+                   # answer? tells a selection miss (PPM / vote) from a generation miss (policy)
+                   "in_tree": any(is_correct(nd.answer, it["gold"]) for nd in tree.terminals()),
+                   "tokens": tree.meta["stats"]["tokens"],
                    "seconds": round(time.monotonic() - t0, 2), "nodes": len(tree.nodes),
                    "stopped": tree.meta.get("stopped")}
             append_row(f, row)
@@ -94,9 +98,14 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
 
 def summarize(rows: list[dict]) -> dict:
     n = len(rows) or 1
-    return {"problems": len(rows), "accuracy": round(sum(r["correct"] for r in rows) / n, 4),
-            "tokens_per_problem": round(sum(r["tokens"] for r in rows) / n, 1),
-            "seconds_per_problem": round(sum(r["seconds"] for r in rows) / n, 2)}
+    out = {"problems": len(rows), "accuracy": round(sum(r["correct"] for r in rows) / n, 4),
+           "tokens_per_problem": round(sum(r["tokens"] for r in rows) / n, 1),
+           "seconds_per_problem": round(sum(r["seconds"] for r in rows) / n, 2)}
+    graded = [r for r in rows if "in_tree" in r]  # rows written before the field existed have none
+    if graded:
+        out["in_tree"] = round(sum(r["in_tree"] for r in graded) / len(graded), 4)
+        out["in_tree_problems"] = len(graded)
+    return out
 
 
 def write_plot(out_dir: Path) -> Path | None:

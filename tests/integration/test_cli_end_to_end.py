@@ -53,7 +53,8 @@ def test_eval_writes_per_problem_rows_and_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     [jsonl] = tmp_path.glob("*.jsonl")
     rows = [json.loads(l) for l in jsonl.read_text().splitlines()]
-    assert len(rows) == 2 and {"answer", "correct", "tokens", "seconds"} <= set(rows[0])
+    assert len(rows) == 2 and {"answer", "correct", "in_tree", "tokens", "seconds"} <= set(rows[0])
+    assert all(r["in_tree"] == r["correct"] for r in rows)  # greedy: one path, its terminal is the answer
     assert "| run |" in r.stdout and (tmp_path / "accuracy_vs_tokens.html").exists()
     # a killed run left half a line: the rerun drops it and redoes only that problem
     jsonl.write_text(jsonl.read_text().splitlines()[0] + "\n" + '{"id": "multiarith-')
