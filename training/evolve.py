@@ -178,6 +178,17 @@ class Round:
     def rollout_files(self) -> list[Path]:
         return sorted(self.dir.glob("rollouts*.jsonl"))
 
+    def logged_commands(self, stage: str) -> list[str]:
+        """The distinct commands run() logged for `stage` (its '=== <time> <command>' lines), in order."""
+        seen: list[str] = []
+        for log in sorted((self.dir / "logs").glob(f"{stage}*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith("=== "):
+                    cmd = line[4:].split(" ", 1)[-1]
+                    if cmd not in seen:
+                        seen.append(cmd)
+        return seen
+
     def stage_extract(self) -> None:
         boot = _abs(self.recipe.get("bootstrap") or "training/data/bootstrap_gsm8k.jsonl")
         sft_data = self.dir / "sft_data.jsonl"
@@ -324,6 +335,11 @@ class Round:
             base = {"path": str(self.base), "sha256": base_sha, "note": "trained on a different base"}
         base.setdefault("sha256", base_sha)
         rollouts = self.state["stages"].get("rollouts", {})
+        if not rollouts.get("done") and self.k > 1:
+            # stopped before the recipe's end (the usual case on 2 cores): extract read what the
+            # files held, so record those files and the commands the logs show were run
+            rollouts = {"commands": self.logged_commands("rollouts"), "files": [str(p) for p in self.rollout_files()],
+                        "stopped_early": True}
         note = f"round {self.k} of recipe {self.recipe.get('name')}"
         if not self.done("sft"):
             note += f": PPM trained this round; the policy is round {policy.get('kept_from_round')}'s (no policy SFT yet)"
@@ -332,7 +348,8 @@ class Round:
             "base": base, "policy": policy, "ppm": ppm, "prompt": {"few_shot": False},
             "published": _now(), "recipe": {"path": os.path.relpath(self.recipe_path, REPO), "name": self.recipe.get("name"),
                                             "sha256": sha256_file(self.recipe_path)},
-            "rollouts": {"commands": rollouts.get("commands"), "files": [_describe_data(f) for f in rollouts.get("files", [])]},
+            "rollouts": {"commands": rollouts.get("commands"), "files": [_describe_data(f) for f in rollouts.get("files", [])],
+                         **({"stopped_early": True} if rollouts.get("stopped_early") else {})},
             "history": history,
         })
         m.setdefault("eval", {})  # filled by the evaluation harness

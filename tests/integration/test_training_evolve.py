@@ -124,11 +124,16 @@ export: {{dtype: f32}}
     # round 2's policy GGUF (imported back to peft) and the manifest keeps that policy.
     r3 = tmp_path / "work" / "round-3"
     r3.mkdir(parents=True)
+    # Its rollouts were stopped before the recipe's end (no finished rollouts stage, as on 2 cores):
+    # the manifest still names the files extract read and the commands the log shows were run.
     (r3 / "rollouts.jsonl").write_text("".join(json.dumps(fake_trace(i)) + "\n" for i in range(12, 24)))
-    (r3 / "stages.json").write_text(json.dumps({"round": 3, "stages": {"rollouts": {
-        "done": True, "commands": ["(prepared by the test)"], "files": [str(r3 / "rollouts.jsonl")]}}}))
+    (r3 / "logs").mkdir()
+    cmd = "python -m training.rollouts --problems p.jsonl --out training/runs/tiny/round-3/rollouts.jsonl"
+    (r3 / "logs" / "rollouts.log").write_text(f"\n=== 2026-12-01T00:00:00+00:00 {cmd}\nrow\n\n=== 2026-12-01T01:00:00+00:00 {cmd}\n")
     evolve.main(["--recipe", str(recipe), "--round", "3", "--stages", "extract,ppm,publish"])
     m = json.loads((wd / "manifest.json").read_text())
+    assert m["rollouts"]["stopped_early"] and m["rollouts"]["commands"] == [cmd]
+    assert [Path(f["path"]).name for f in m["rollouts"]["files"]] == ["rollouts.jsonl"] and m["rollouts"]["files"][0]["rows"] == 12
     assert m["round"] == 3 and m["policy"]["adapter"] == "policy-r2.gguf" and m["policy"]["kept_from_round"] == 2
     assert m["ppm"]["adapter"] == "ppm-r3.gguf" and m["ppm"]["stacked_on"] == "policy-r2.gguf"
     st = json.loads((r3 / "stages.json").read_text())["stages"]
