@@ -168,8 +168,10 @@ class Round:
                 cmds.append(_command_text(cmd))
                 if not self.dry_run:
                     (self.dir / "logs").mkdir(parents=True, exist_ok=True)
-                    procs.append(subprocess.Popen(cmd, cwd=str(REPO), stdout=open(self.dir / "logs" / f"rollouts.{i}.log", "ab"),
-                                                  stderr=subprocess.STDOUT))
+                    log = open(self.dir / "logs" / f"rollouts.{i}.log", "ab")
+                    log.write(f"\n=== {_now()} {cmds[-1]}\n".encode())  # the header run() writes
+                    log.flush()
+                    procs.append(subprocess.Popen(cmd, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT))
             if any(p.wait() != 0 for p in procs):
                 raise SystemExit(f"a rollout shard failed; see {self.dir / 'logs'}; rerun to resume")
         if not self.dry_run:
@@ -334,12 +336,13 @@ class Round:
         if base.get("sha256") and base["sha256"] != base_sha:
             base = {"path": str(self.base), "sha256": base_sha, "note": "trained on a different base"}
         base.setdefault("sha256", base_sha)
-        rollouts = self.state["stages"].get("rollouts", {})
-        if not rollouts.get("done") and self.k > 1:
-            # stopped before the recipe's end (the usual case on 2 cores): extract read what the
+        stage = self.state["stages"].get("rollouts", {})
+        if stage.get("done") or self.k == 1:
+            rollouts = {"commands": stage.get("commands"), "files": stage.get("files", [])}
+        else:  # stopped before the recipe's end (the usual case on 2 cores): extract read what the
             # files held, so record those files and the commands the logs show were run
-            rollouts = {"commands": self.logged_commands("rollouts"), "files": [str(p) for p in self.rollout_files()],
-                        "stopped_early": True}
+            rollouts = {"commands": self.logged_commands("rollouts"), "files": self.rollout_files(), "stopped_early": True}
+        rollouts["files"] = [_describe_data(f) for f in rollouts["files"]]
         note = f"round {self.k} of recipe {self.recipe.get('name')}"
         if not self.done("sft"):
             note += f": PPM trained this round; the policy is round {policy.get('kept_from_round')}'s (no policy SFT yet)"
@@ -348,8 +351,7 @@ class Round:
             "base": base, "policy": policy, "ppm": ppm, "prompt": {"few_shot": False},
             "published": _now(), "recipe": {"path": os.path.relpath(self.recipe_path, REPO), "name": self.recipe.get("name"),
                                             "sha256": sha256_file(self.recipe_path)},
-            "rollouts": {"commands": rollouts.get("commands"), "files": [_describe_data(f) for f in rollouts.get("files", [])],
-                         **({"stopped_early": True} if rollouts.get("stopped_early") else {})},
+            "rollouts": rollouts,
             "history": history,
         })
         m.setdefault("eval", {})  # filled by the evaluation harness
