@@ -37,12 +37,15 @@ def _add_search_args(p: argparse.ArgumentParser, default_strategy: str = "mcts")
     g.add_argument("--max-tokens", type=int, default=0, help="generated-token budget, 0 = none")
     g.add_argument("--max-depth", type=int, default=16)
     g.add_argument("--beam-width", type=int, default=2)
+    g.add_argument("--top-k-vote", type=int, default=SearchConfig.top_k_vote,
+                   help="answer: majority vote over the top-k terminals by value (large = every terminal)")
 
 
 def config_from_args(a: argparse.Namespace) -> SearchConfig:
     return SearchConfig(strategy=a.strategy, rollouts=a.rollouts, candidates=a.candidates, c_puct=a.c_puct,
                         temperature=a.temperature, seed=a.seed, time_limit=a.time_limit,
-                        max_tokens=a.max_tokens, max_depth=a.max_depth, beam_width=a.beam_width)
+                        max_tokens=a.max_tokens, max_depth=a.max_depth, beam_width=a.beam_width,
+                        top_k_vote=a.top_k_vote)
 
 
 def engine_from_args(a: argparse.Namespace, *, max_candidates: int = 8):
@@ -133,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="eval_runs", help="output directory")
     e.add_argument("--data", default=None, help="benchmark data directory (default ../shared/data)")
     e.add_argument("--record", action="store_true", help="write the summary into the weights manifest's eval table")
+    e.add_argument("--save-trees", action="store_true",
+                   help="keep each problem's tree as <out>/<run>.trees/<id>.json (for `python -m training.selection`)")
     e.add_argument("--tag", default=None, help="model label in the run name (default: 'weights', or 'base' with --policy)")
     _add_search_args(e, default_strategy="greedy")
     _add_model_args(e)

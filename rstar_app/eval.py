@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
 
+from .config import SearchConfig
 from .grading import is_correct
 from .jsonl import append_row, read_rows
 
@@ -66,11 +68,16 @@ def subset(items: list[dict], limit: int, seed: int) -> list[dict]:
 
 def run_name(a) -> str:
     tag = getattr(a, "tag", None) or ("base" if a.policy else "weights")
-    return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}-s{a.seed}-ss{a.sample_seed}"
+    vote = getattr(a, "top_k_vote", SearchConfig.top_k_vote)
+    vote = "" if vote == SearchConfig.top_k_vote else f"-v{vote}"  # default keeps older run names
+    return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}{vote}-s{a.seed}-ss{a.sample_seed}"
 
 
-def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: bool = True) -> list[dict]:
-    """Solve every item not already in out_path; returns all rows (old and new)."""
+def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: bool = True,
+             trees_dir: Path | None = None) -> list[dict]:
+    """Solve every item not already in out_path; returns all rows (old and new). With trees_dir,
+    each problem's tree (nodes, no event log) is kept as <trees_dir>/<id>.json with its gold answer,
+    so answer-selection rules can be compared afterwards without searching again."""
     done = {r["id"]: r for r in read_rows(out_path) if "id" in r}  # torn last line cut off
     rows = [done[it["id"]] for it in items if it["id"] in done]
     with open(out_path, "a") as f:
@@ -79,6 +86,9 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
                 continue
             t0 = time.monotonic()
             tree = engine.solve(it["question"], config)
+            if trees_dir is not None:
+                tree.gold = it["gold"]
+                _write_json(trees_dir / f"{_safe(it['id'])}.json", {**tree.to_json(), "events": []}, indent=0)
             row = {"id": it["id"], "gold": it["gold"], "answer": tree.answer,
                    "correct": is_correct(tree.answer, it["gold"]),
                    # graded after the search (gold never enters it): did any terminal reach the gold
@@ -94,6 +104,10 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
                 print(f"[{len(rows)}/{len(items)}] {it['id']}: {row['answer']!r} vs {it['gold']!r} "
                       f"{'ok' if row['correct'] else 'x'}  acc {acc:.3f}  {row['tokens']} tok {row['seconds']} s", flush=True)
     return rows
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -157,11 +171,15 @@ def main(a) -> int:
     engine = engine_from_args(a, max_candidates=config.candidates)
     print(f"{name}: {len(items)} problems, models: {engine.description}")
     try:
-        rows = evaluate(engine, items, config, out / f"{name}.jsonl")
+        trees = None
+        if getattr(a, "save_trees", False):
+            trees = out / f"{name}.trees"
+            trees.mkdir(exist_ok=True)
+        rows = evaluate(engine, items, config, out / f"{name}.jsonl", trees_dir=trees)
     finally:
         engine.close()
     summary = {"run": name, "bench": a.bench, "strategy": a.strategy, "rollouts": a.rollouts, "limit": a.limit,
-               "candidates": a.candidates, "models": engine.description, **summarize(rows)}
+               "candidates": a.candidates, "top_k_vote": config.top_k_vote, "models": engine.description, **summarize(rows)}
     _write_json(out / f"{name}.summary.json", summary, indent=1)
     if getattr(a, "record", False):
         record_in_manifest(summary, a)

@@ -71,6 +71,20 @@ class Cancelled(Exception):
     """Raised inside a search when the caller's should_stop() returns True; the tree is kept."""
 
 
+def group_by_answer(nodes: list[Node]) -> list[list[Node]]:
+    """Terminals grouped by equivalent answer, groups and members in the order given."""
+    from .grading import same_answer
+    groups: list[list[Node]] = []
+    for nd in nodes:
+        for g in groups:
+            if same_answer(g[0].answer, nd.answer):
+                g.append(nd)
+                break
+        else:
+            groups.append([nd])
+    return groups
+
+
 class Tree:
     def __init__(self, problem: str, prompt: str, *, gold: str | None = None) -> None:
         self.problem = problem
@@ -145,19 +159,11 @@ class Tree:
     def vote(self, top_k: int) -> str | None:
         """Top-k terminals by value (ties: PPM score), then a majority vote over equivalent answers;
         the vote's tie goes to the answer whose best terminal ranks higher. Sets best_path."""
-        from .grading import same_answer
         ranked = sorted(self.terminals(), key=lambda nd: (nd.value, nd.ppm or 0.0, -nd.id), reverse=True)
         if not ranked:
             self.answer, self.best_path = None, []
             return None
-        groups: list[list[Node]] = []
-        for nd in ranked[:top_k]:
-            for g in groups:
-                if same_answer(g[0].answer, nd.answer):
-                    g.append(nd)
-                    break
-            else:
-                groups.append([nd])
+        groups = group_by_answer(ranked[:top_k])
         best = max(groups, key=lambda g: (len(g), -ranked.index(g[0])))[0]
         self.answer = best.answer
         self.best_path = [nd.id for nd in self.path(best)]

@@ -77,3 +77,19 @@ def test_eval_record_puts_the_summary_and_command_into_the_weights_manifest(tmp_
     assert name == "practice-r1-greedy-r8-k4-s0-ss1234" and row["problems"] == 1
     assert row["command"].startswith("rstar-app eval --bench practice") and 0 <= row["accuracy"] <= 1
     assert m["policy"] == json.loads((ROOT / "weights" / "manifest.json").read_text())["policy"]
+
+
+def test_eval_save_trees_keeps_graded_trees_that_selection_rules_can_replay(tmp_path):
+    r = cli("eval", "--bench", "multiarith", "--strategy", "majority", "--rollouts", "2", "--limit", "1",
+            "--top-k-vote", "2", "--out", str(tmp_path), "--data", str(SHARED_DATA), "--save-trees")
+    assert r.returncode == 0, r.stderr[-2000:]
+    [trees] = tmp_path.glob("*-v2-*.trees")          # a non-default vote is part of the run name
+    [path] = trees.glob("*.json")
+    tree = json.loads(path.read_text())
+    [row] = [json.loads(l) for l in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
+    assert tree["gold"] == row["gold"] and tree["answer"] == row["answer"] and len(tree["nodes"]) > 2
+    s = subprocess.run([sys.executable, "-m", "training.selection", str(trees), "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert s.returncode == 0, s.stderr[-2000:]
+    rules = json.loads(s.stdout)["rules"]
+    assert rules["in tree (ceiling)"] == int(row["in_tree"]) and set(rules.values()) <= {0, 1}

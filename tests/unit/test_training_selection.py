@@ -1,0 +1,46 @@
+"""training.selection: answer-selection rules compared on saved trees, graded only afterwards."""
+
+import json
+
+from rstar_app.tree import Tree
+from training.selection import compare, load_trees, main
+
+
+def _tree(gold: str, terminals: list[tuple[str, float, float]]) -> Tree:
+    """terminals: (answer, value, terminal PPM score)."""
+    t = Tree("p", "prompt", gold=gold)
+    for ans, value, ppm in terminals:
+        step = t.add(t.root, kind="code", status="ok", ppm=ppm)
+        nd = t.add(step, kind="answer", status="terminal", answer=ans, ppm=ppm)
+        nd.q, nd.n = value, 1
+    return t
+
+
+def test_rules_disagree_where_they_should_and_in_tree_is_the_ceiling():
+    # one high-value wrong terminal against three lower-value right ones: top-1 picks the wrong one,
+    # a vote over all terminals picks the right one
+    a = _tree("5", [("9", 0.9, 0.9), ("5", 0.2, 0.1), ("5.0", 0.1, 0.0), ("5", 0.0, -0.1)])
+    # the right answer is in the tree but every rule's evidence points away from it
+    b = _tree("3", [("4", 0.8, 0.8), ("4", 0.7, 0.7), ("3", -0.5, -0.9)])
+    # nothing right anywhere
+    c = _tree("2", [("8", 0.5, 0.5)])
+    got = dict(compare([a, b, c]))
+    assert got["top-1 vote by value"] == 0
+    assert got["vote over all terminals"] == 1
+    assert got["best terminal PPM"] == 0
+    assert got["in tree (ceiling)"] == 2
+    assert all(k <= got["in tree (ceiling)"] for k in got.values())
+
+
+def test_cli_reads_saved_trees_and_skips_ungraded(tmp_path, capsys):
+    d = tmp_path / "run.trees"
+    d.mkdir()
+    (d / "a.json").write_text(json.dumps(_tree("5", [("5", 0.5, 0.5)]).to_json()))
+    ungraded = _tree("5", [("5", 0.5, 0.5)])
+    ungraded.gold = None
+    (d / "b.json").write_text(json.dumps(ungraded.to_json()))
+    assert len(load_trees([str(d)])) == 2
+    assert main([str(d), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["problems"] == 1 and out["rules"]["top-4 vote by value"] == 1
+    assert main([str(tmp_path / "missing")]) == 1

@@ -1,0 +1,110 @@
+"""Compare final-answer selection rules on saved search trees, without searching again.
+
+    python -m rstar_app eval ... --save-trees          # writes <out>/<run>.trees/<id>.json
+    python -m training.selection eval_runs/<run>.trees [more dirs ...]
+
+A search can grow the right answer and still pick a wrong one. This prints, for every rule, how
+many problems it answers correctly on the same trees, next to "in tree" (any terminal right: the
+ceiling no rule can beat), so a selection miss (PPM / vote) can be told from a generation miss
+(policy). Gold answers are only read to grade, after the rule has chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from rstar_app.grading import is_correct
+from rstar_app.tree import Node, Tree, group_by_answer
+
+
+def _ppm01(nd: Node) -> float:
+    return ((nd.ppm if nd.ppm is not None else 0.0) + 1.0) / 2.0  # [-1, 1] -> [0, 1]
+
+
+def top_k_vote(k: int) -> Callable[[Tree], str | None]:
+    def rule(tree: Tree) -> str | None:
+        return tree.vote(k)  # the engine's own rule (value, then PPM), k terminals
+    rule.__name__ = f"top-{k} vote by value" if k < 10**6 else "vote over all terminals"
+    return rule
+
+
+def weighted_vote(weight: Callable[[Node], float], name: str) -> Callable[[Tree], str | None]:
+    def rule(tree: Tree) -> str | None:
+        groups = group_by_answer(tree.terminals())
+        return max(groups, key=lambda g: sum(weight(nd) for nd in g))[0].answer if groups else None
+    rule.__name__ = name
+    return rule
+
+
+def best_single(key: Callable[[Node], float], name: str) -> Callable[[Tree], str | None]:
+    def rule(tree: Tree) -> str | None:
+        ts = tree.terminals()
+        return max(ts, key=key).answer if ts else None
+    rule.__name__ = name
+    return rule
+
+
+def best_mean_path_ppm(tree: Tree) -> str | None:
+    """The terminal whose steps have the highest mean PPM score: a whole-trajectory score."""
+    def key(nd: Node) -> float:
+        scores = [p.ppm for p in tree.path(nd)[1:] if p.ppm is not None]
+        return sum(scores) / len(scores) if scores else -2.0
+    ts = tree.terminals()
+    return max(ts, key=key).answer if ts else None
+
+
+best_mean_path_ppm.__name__ = "best mean path PPM"
+
+
+RULES: list[Callable[[Tree], str | None]] = [
+    top_k_vote(1), top_k_vote(2), top_k_vote(4), top_k_vote(8), top_k_vote(10**9),
+    weighted_vote(_ppm01, "vote weighted by terminal PPM"),
+    weighted_vote(lambda nd: max(nd.value, 0.0) + 1e-6, "vote weighted by value"),
+    best_single(lambda nd: nd.ppm if nd.ppm is not None else -2.0, "best terminal PPM"),
+    best_single(lambda nd: nd.value, "best terminal value"),
+    best_mean_path_ppm,
+]
+
+
+def load_trees(dirs: list[str]) -> list[Tree]:
+    trees = []
+    for d in dirs:
+        for p in sorted(Path(d).glob("*.json")):
+            trees.append(Tree.from_json(p.read_text()))
+    return trees
+
+
+def compare(trees: list[Tree]) -> list[tuple[str, int]]:
+    """[(rule name, problems answered correctly)], with 'in tree' (the ceiling) last."""
+    graded = [t for t in trees if t.gold is not None]
+    out = [(rule.__name__, sum(is_correct(rule(t), t.gold) for t in graded)) for rule in RULES]
+    out.append(("in tree (ceiling)", sum(any(is_correct(nd.answer, t.gold) for nd in t.terminals())
+                                        for t in graded)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("dirs", nargs="+", help="tree directories written by `rstar-app eval --save-trees`")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    a = p.parse_args(argv)
+    trees = [t for t in load_trees(a.dirs) if t.gold is not None]
+    if not trees:
+        print("no graded trees found (run `rstar-app eval --save-trees` first)", file=sys.stderr)
+        return 1
+    rows = compare(trees)
+    if a.json:
+        print(json.dumps({"problems": len(trees), "rules": dict(rows)}, indent=1))
+        return 0
+    print(f"{len(trees)} trees from {', '.join(a.dirs)}\n\n| rule | correct | accuracy |\n|---|---|---|")
+    for name, k in rows:
+        print(f"| {name} | {k} / {len(trees)} | {k / len(trees):.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
