@@ -81,7 +81,8 @@ def test_eval_record_puts_the_summary_and_command_into_the_weights_manifest(tmp_
 
 def test_eval_save_trees_keeps_graded_trees_that_selection_rules_can_replay(tmp_path):
     r = cli("eval", "--bench", "multiarith", "--strategy", "majority", "--rollouts", "2", "--limit", "1",
-            "--top-k-vote", "2", "--out", str(tmp_path), "--data", str(SHARED_DATA), "--save-trees")
+            "--top-k-vote", "2", "--max-tokens", "600", "--out", str(tmp_path), "--data", str(SHARED_DATA),
+            "--save-trees")
     assert r.returncode == 0, r.stderr[-2000:]
     [trees] = tmp_path.glob("*-v2-*.trees")          # a non-default vote is part of the run name
     [path] = trees.glob("*.json")
