@@ -74,7 +74,10 @@ def load_trees(dirs: list[str]) -> list[Tree]:
     trees = []
     for d in dirs:
         for p in sorted(Path(d).glob("*.json")):
-            trees.append(Tree.from_json(p.read_text()))
+            try:
+                trees.append(Tree.from_json(p.read_text()))
+            except ValueError as e:
+                raise ValueError(f"{p}: {e}") from None
     return trees
 
 
@@ -92,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dirs", nargs="+", help="tree directories written by `rstar-app eval --save-trees`")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     a = p.parse_args(argv)
-    trees = [t for t in load_trees(a.dirs) if t.gold is not None]
+    try:
+        trees = [t for t in load_trees(a.dirs) if t.gold is not None]
+    except ValueError as e:  # Tree.from_json's message says what is wrong with the file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not trees:
         print("no graded trees found (run `rstar-app eval --save-trees` first)", file=sys.stderr)
         return 1

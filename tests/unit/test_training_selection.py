@@ -44,3 +44,5 @@ def test_cli_reads_saved_trees_and_skips_ungraded(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["problems"] == 1 and out["rules"]["top-4 vote by value"] == 1
     assert main([str(tmp_path / "missing")]) == 1
+    (d / "c.json").write_text("{not json")
+    assert main([str(d)]) == 2 and "c.json" in capsys.readouterr().err
