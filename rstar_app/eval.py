@@ -88,12 +88,12 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
             tree = engine.solve(it["question"], config)
             if trees_dir is not None:
                 tree.gold = it["gold"]
-                _write_json(trees_dir / f"{_safe(it['id'])}.json", {**tree.to_json(), "events": []}, indent=0)
+                _write_json(trees_dir / f"{_safe(it['id'])}.json", tree.to_json(events=False), indent=0)
             row = {"id": it["id"], "gold": it["gold"], "answer": tree.answer,
                    "correct": is_correct(tree.answer, it["gold"]),
                    # graded after the search (gold never enters it): did any terminal reach the gold
                    # answer? tells a selection miss (PPM / vote) from a generation miss (policy)
-                   "in_tree": any(is_correct(nd.answer, it["gold"]) for nd in tree.terminals()),
+                   "in_tree": gold_in_tree(tree, it["gold"]),
                    "tokens": tree.meta["stats"]["tokens"],
                    "seconds": round(time.monotonic() - t0, 2), "nodes": len(tree.nodes),
                    "stopped": tree.meta.get("stopped")}
@@ -104,6 +104,11 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
                 print(f"[{len(rows)}/{len(items)}] {it['id']}: {row['answer']!r} vs {it['gold']!r} "
                       f"{'ok' if row['correct'] else 'x'}  acc {acc:.3f}  {row['tokens']} tok {row['seconds']} s", flush=True)
     return rows
+
+
+def gold_in_tree(tree, gold: str) -> bool:
+    """Did any terminal reach the gold answer? (the ceiling of every answer-selection rule)"""
+    return any(is_correct(nd.answer, gold) for nd in tree.terminals())
 
 
 def _safe(name: str) -> str:

@@ -173,7 +173,8 @@ class Tree:
         return Counter(nd.answer for nd in self.terminals())
 
     # -- trace JSON --
-    def to_json(self) -> dict:
+    def to_json(self, *, events: bool = True) -> dict:
+        """The trace; events=False leaves the event log out (a tree to analyse, not to replay)."""
         return {
             "format": TRACE_FORMAT,
             "version": TRACE_VERSION,
@@ -184,7 +185,7 @@ class Tree:
             "best_path": self.best_path,
             "meta": self.meta,
             "nodes": [nd.to_dict() for nd in self.nodes],
-            "events": [asdict(e) for e in self.events],
+            "events": [asdict(e) for e in self.events] if events else [],
         }
 
     @classmethod

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from rstar_app.eval import gold_in_tree
 from rstar_app.grading import is_correct
 from rstar_app.tree import Node, Tree, group_by_answer
 
@@ -85,8 +86,7 @@ def compare(trees: list[Tree]) -> list[tuple[str, int]]:
     """[(rule name, problems answered correctly)], with 'in tree' (the ceiling) last."""
     graded = [t for t in trees if t.gold is not None]
     out = [(rule.__name__, sum(is_correct(rule(t), t.gold) for t in graded)) for rule in RULES]
-    out.append(("in tree (ceiling)", sum(any(is_correct(nd.answer, t.gold) for nd in t.terminals())
-                                        for t in graded)))
+    out.append(("in tree (ceiling)", sum(gold_in_tree(t, t.gold) for t in graded)))
     return out
 
 
