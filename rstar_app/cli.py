@@ -32,6 +32,8 @@ def _add_search_args(p: argparse.ArgumentParser, default_strategy: str = "mcts")
     g.add_argument("--candidates", type=int, default=4)
     g.add_argument("--c", type=float, default=2.0, dest="c_puct", help="UCT exploration constant")
     g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--greedy-first", action="store_true",
+                   help="make the first candidate of every expansion the greedy step (the rest sampled)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--time-limit", type=float, default=0.0, help="seconds, 0 = none")
     g.add_argument("--max-tokens", type=int, default=0, help="generated-token budget, 0 = none")
@@ -45,7 +47,7 @@ def config_from_args(a: argparse.Namespace) -> SearchConfig:
     return SearchConfig(strategy=a.strategy, rollouts=a.rollouts, candidates=a.candidates, c_puct=a.c_puct,
                         temperature=a.temperature, seed=a.seed, time_limit=a.time_limit,
                         max_tokens=a.max_tokens, max_depth=a.max_depth, beam_width=a.beam_width,
-                        top_k_vote=a.top_k_vote)
+                        top_k_vote=a.top_k_vote, greedy_first=a.greedy_first)
 
 
 def engine_from_args(a: argparse.Namespace, *, max_candidates: int = 8):

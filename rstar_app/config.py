@@ -31,6 +31,7 @@ class SearchConfig:
     top_k_vote: int = 4          # final answer: majority vote over the top-k terminals by value
     # -- sampling --
     temperature: float = 0.7
+    greedy_first: bool = False   # sibling 0 of each expansion is the greedy (T = 0) step, the rest sampled
     top_p: float = 0.95
     top_k: int = 40
     seed: int = 0
@@ -50,6 +51,8 @@ class SearchConfig:
             raise ValueError("time_limit and max_tokens must be >= 0 (0 means unlimited)")
         if not 0.0 <= self.temperature <= 5.0:
             raise ValueError(f"temperature must be in [0, 5], got {self.temperature}")
+        if not isinstance(self.greedy_first, bool):
+            raise ValueError(f"greedy_first must be true or false, got {self.greedy_first!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.c_puct <= 100.0:

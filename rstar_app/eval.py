@@ -70,7 +70,8 @@ def run_name(a) -> str:
     tag = getattr(a, "tag", None) or ("base" if a.policy else "weights")
     vote = getattr(a, "top_k_vote", SearchConfig.top_k_vote)
     vote = "" if vote == SearchConfig.top_k_vote else f"-v{vote}"  # default keeps older run names
-    return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}{vote}-s{a.seed}-ss{a.sample_seed}"
+    greedy = "-g" if getattr(a, "greedy_first", False) else ""
+    return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}{vote}{greedy}-s{a.seed}-ss{a.sample_seed}"
 
 
 def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: bool = True,
@@ -184,7 +185,7 @@ def main(a) -> int:
     finally:
         engine.close()
     summary = {"run": name, "bench": a.bench, "strategy": a.strategy, "rollouts": a.rollouts, "limit": a.limit,
-               "candidates": a.candidates, "top_k_vote": config.top_k_vote, "models": engine.description, **summarize(rows)}
+               "candidates": a.candidates, "top_k_vote": config.top_k_vote, "greedy_first": config.greedy_first, "models": engine.description, **summarize(rows)}
     _write_json(out / f"{name}.summary.json", summary, indent=1)
     if getattr(a, "record", False):
         record_in_manifest(summary, a)

@@ -1,17 +1,23 @@
-"""Compare two rounds' rollouts on the problems both attempted (the numbers the README quotes).
+"""Compare two runs on the problems both attempted (the numbers the README quotes).
 
     python -m training.compare training/runs/cpu-small/round-2/rollouts.practice.jsonl \
         training/runs/cpu-small/round-3/rollouts.practice.jsonl
+    python -m training.compare eval_runs/svamp-policy-r3-greedy-r8-k4-s0-ss1234.jsonl \
+        eval_runs/svamp-r3-ppm-mcts-r8-k4-s0-ss1234.jsonl
 
-Rows are matched by id, so a round still in progress is compared on its finished prefix. Per file:
-`solved` (some trajectory in the tree graded correct: what SFT extraction can use), `correct` (the
-answer the search selected), mean `seconds`; then how many problems only one of the two solved.
+Either file may be training rollouts or `rstar-app eval` rows. Rows are matched by id, so a run still
+in progress is compared on its finished prefix. Per file: `solved` (some terminal of the tree graded
+correct: what SFT extraction can use; eval rows call it `in_tree`), `correct` (the answer the search
+selected), mean `seconds`; then how many problems only one of the two solved / got right, and an
+exact two-sided sign test on the latter (McNemar's test for paired right/wrong outcomes): the chance
+of a split at least this uneven if neither run were better.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -29,7 +35,7 @@ def _index(path: str | Path) -> dict[str, dict]:
 def compare(a: str | Path, b: str | Path) -> dict:
     """Summary of rollouts files `a` and `b` over their shared ids (raises if they share none)."""
     if not (Path(a).is_file() and Path(b).is_file()):
-        raise ValueError(f"no such rollouts file: {a if not Path(a).is_file() else b}")
+        raise ValueError(f"no such file: {a if not Path(a).is_file() else b}")
     ra, rb = _index(a), _index(b)
     shared = [i for i in ra if i in rb]
     if not shared:
@@ -37,31 +43,54 @@ def compare(a: str | Path, b: str | Path) -> dict:
 
     def side(rows: dict[str, dict]) -> dict:
         sel = [rows[i] for i in shared]
-        return {"solved": sum(bool(r.get("solved")) for r in sel),
+        return {"solved": sum(_solved(r) for r in sel),
                 "correct": sum(bool(r.get("correct")) for r in sel),
                 "mean_seconds": round(sum(float(r.get("seconds", 0.0)) for r in sel) / len(sel), 1)}
 
-    only_a = sum(bool(ra[i].get("solved")) and not rb[i].get("solved") for i in shared)
-    only_b = sum(bool(rb[i].get("solved")) and not ra[i].get("solved") for i in shared)
+    def only(key, x: dict, y: dict) -> int:
+        return sum(key(x[i]) and not key(y[i]) for i in shared)
+
+    def correct(r: dict) -> bool:
+        return bool(r.get("correct"))
+
+    right_a, right_b = only(correct, ra, rb), only(correct, rb, ra)
     return {"shared": len(shared), "a": side(ra), "b": side(rb),
-            "solved_only_a": only_a, "solved_only_b": only_b}
+            "solved_only_a": only(_solved, ra, rb), "solved_only_b": only(_solved, rb, ra),
+            "correct_only_a": right_a, "correct_only_b": right_b,
+            "sign_test_p": round(sign_test(right_a, right_b), 4)}
+
+
+def _solved(r: dict) -> bool:
+    return bool(r.get("solved", r.get("in_tree")))  # rollouts say `solved`, eval rows `in_tree`
+
+
+def sign_test(k: int, m: int) -> float:
+    """Exact two-sided sign test: P(a split of k + m fair coin flips at least as uneven as k : m)."""
+    n = k + m
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(k, m) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def format_table(summary: dict, a: str, b: str) -> str:
     n = summary["shared"]
     lines = [f"{n} problems in both files",
-             "| rollouts | solved (in tree) | correct (selected) | s / problem | solved only here |",
-             "|---|---|---|---|---|"]
-    for key, name, only in (("a", a, "solved_only_a"), ("b", b, "solved_only_b")):
+             "| run | solved (in tree) | correct (selected) | s / problem | solved only here | correct only here |",
+             "|---|---|---|---|---|---|"]
+    for key in ("a", "b"):
         s = summary[key]
-        lines.append(f"| {name} | {s['solved']} / {n} | {s['correct']} / {n} | {s['mean_seconds']} | {summary[only]} |")
+        lines.append(f"| {a if key == 'a' else b} | {s['solved']} / {n} | {s['correct']} / {n} | {s['mean_seconds']} "
+                     f"| {summary['solved_only_' + key]} | {summary['correct_only_' + key]} |")
+    lines.append(f"sign test on correct ({summary['correct_only_a']} vs {summary['correct_only_b']} problems "
+                 f"only one got right): two-sided p = {summary['sign_test_p']}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("a", help="rollouts JSONL (e.g. the earlier round)")
-    ap.add_argument("b", help="rollouts JSONL (e.g. the later round)")
+    ap.add_argument("a", help="rollouts or eval JSONL (e.g. the earlier round, or greedy)")
+    ap.add_argument("b", help="rollouts or eval JSONL (e.g. the later round, or MCTS)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     args = ap.parse_args(argv)
     try:

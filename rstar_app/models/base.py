@@ -47,8 +47,10 @@ class Policy(Protocol):
         top_k: int,
         seed: int,
         stop: Sequence[str],
+        greedy_first: bool = False,
     ) -> list[Candidate]:
-        """n candidates; candidate i is sampled with seed `seed + i`, so results are reproducible."""
+        """n candidates; candidate i is sampled with seed `seed + i`, so results are reproducible.
+        With greedy_first, candidate 0 is the greedy continuation (temperature 0) instead."""
         ...
 
     def count_tokens(self, text: str) -> int: ...

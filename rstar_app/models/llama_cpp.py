@@ -242,9 +242,10 @@ class LlamaPolicy:
         return len(self.cx.tokenize(text))
 
     def generate(self, prefix: str, *, n: int, max_tokens: int, temperature: float, top_p: float = 0.95,
-                 top_k: int = 40, seed: int = 0, stop: Sequence[str] = ()) -> list[Candidate]:
+                 top_k: int = 40, seed: int = 0, stop: Sequence[str] = (),
+                 greedy_first: bool = False) -> list[Candidate]:
         """n siblings in one batch; sibling i samples with seed `seed + i` (same text as a
-        sequential call with n=1 and that seed)."""
+        sequential call with n=1 and that seed); with greedy_first, sibling 0 is the greedy one."""
         if not 1 <= n <= self.max_candidates:
             raise ValueError(f"n must be in [1, {self.max_candidates}]")
         cx, L = self.cx, self.cx.L
@@ -252,7 +253,8 @@ class LlamaPolicy:
             toks = cx.tokenize(prefix)
             last = cx.load_prefix(toks, output_last=True)
             cx.fork(n)
-            samplers = [self._sampler(temperature, top_p, top_k, seed + i) for i in range(n)]
+            samplers = [self._sampler(0.0 if greedy_first and i == 0 else temperature, top_p, top_k, seed + i)
+                        for i in range(n)]
             try:
                 return self._sample_loop(toks, last, n, samplers, max_tokens, list(stop))
             finally:

@@ -50,8 +50,15 @@ class OpenAIPolicy:
         return int(len(text) / 3.5) + 1
 
     def generate(self, prefix: str, *, n: int, max_tokens: int, temperature: float, top_p: float = 0.95,
-                 top_k: int = 40, seed: int = 0, stop: Sequence[str] = STOP) -> list[Candidate]:
-        """n candidates; candidate i uses seed + i when the server samples one per request."""
+                 top_k: int = 40, seed: int = 0, stop: Sequence[str] = STOP,
+                 greedy_first: bool = False) -> list[Candidate]:
+        """n candidates; candidate i uses seed + i when the server samples one per request. With
+        greedy_first, candidate 0 is a separate temperature-0 request."""
+        if greedy_first and n > 1 and temperature > 0:
+            head = self.generate(prefix, n=1, max_tokens=max_tokens, temperature=0.0, top_p=top_p,
+                                 top_k=top_k, seed=seed, stop=stop)
+            return head + self.generate(prefix, n=n - 1, max_tokens=max_tokens, temperature=temperature,
+                                        top_p=top_p, top_k=top_k, seed=seed + 1, stop=stop)
         body = {"prompt": prefix, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
                 "top_k": top_k, "seed": seed, "n": n, "stop": list(stop)}
         choices = self._complete(body)["choices"][:n]

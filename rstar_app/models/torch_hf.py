@@ -127,8 +127,10 @@ class TorchPolicy:
         return len(_encode(self.tok, text))
 
     def generate(self, prefix: str, *, n: int, max_tokens: int, temperature: float, top_p: float = 0.95,
-                 top_k: int = 40, seed: int = 0, stop: Sequence[str] = ()) -> list[Candidate]:
-        """n siblings in one batch; sibling i samples with seed `seed + i`."""
+                 top_k: int = 40, seed: int = 0, stop: Sequence[str] = (),
+                 greedy_first: bool = False) -> list[Candidate]:
+        """n siblings in one batch; sibling i samples with seed `seed + i` (sibling 0 greedily
+        with greedy_first)."""
         if not 1 <= n <= self.max_candidates:
             raise ValueError(f"n must be in [1, {self.max_candidates}]")
         torch = self._torch
@@ -136,6 +138,7 @@ class TorchPolicy:
         if not toks:
             raise ValueError("empty prefix")
         max_tokens = min(max_tokens, self.n_ctx - len(toks))
+        temps = [0.0 if greedy_first and i == 0 else temperature for i in range(n)]
         gens = [torch.Generator(device=self.device).manual_seed(int(seed + i) % 2**63) for i in range(n)]
         out_tok: list[list[int]] = [[] for _ in range(n)]
         result: list[Candidate | None] = [None] * n
@@ -145,7 +148,7 @@ class TorchPolicy:
             self.stats["prefill_tokens"] += len(toks)
             past, logits = _cache_of(res), res.logits[:, -1].float()
             for _ in range(max(max_tokens, 0)):
-                nxt = [self._sample(logits[i], temperature, top_p, top_k, gens[i]) for i in range(n)]
+                nxt = [self._sample(logits[i], temps[i], top_p, top_k, gens[i]) for i in range(n)]
                 for i, tok in enumerate(nxt):
                     if result[i] is not None:
                         continue

@@ -105,6 +105,7 @@ class Search:
         cands = self.policy.generate(
             prefix, n=n, max_tokens=c.max_step_tokens, temperature=temperature,
             top_p=c.top_p, top_k=c.top_k, seed=self.seed_for(node), stop=STOP,
+            greedy_first=c.greedy_first and temperature > 0,
         )
         self.gen_seconds += time.monotonic() - t0
         self.expansions += 1

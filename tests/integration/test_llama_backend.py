@@ -71,6 +71,18 @@ def test_seeded_sampling_is_reproducible_and_siblings_differ(policy):
     assert len({c.text for c in a}) > 1
 
 
+def test_greedy_first_makes_sibling_zero_the_greedy_step_and_samples_the_rest(policy):
+    """Compared with greedy siblings decoded in a batch of the same size: a batch of 1 may break a
+    near-tie differently (kernels differ by batch size, see the first test)."""
+    prefix = build_prompt(PROBLEM, few_shot=True)
+    greedy = policy.generate(prefix, n=4, max_tokens=40, temperature=0.0, stop=STOP)[0]
+    a = policy.generate(prefix, n=4, max_tokens=40, temperature=1.0, seed=7, stop=STOP, greedy_first=True)
+    b = policy.generate(prefix, n=4, max_tokens=40, temperature=1.0, seed=7, stop=STOP, greedy_first=True)
+    assert a[0].text == greedy.text
+    assert [c.text for c in a] == [c.text for c in b]
+    assert any(c.text != greedy.text for c in a[1:])  # the others are still sampled
+
+
 def test_prefix_is_not_re_evaluated_and_snapshot_restore_continues_identically(policy):
     a = build_prompt(PROBLEM, few_shot=True)
     policy.generate(a, n=1, max_tokens=8, temperature=0.0, stop=STOP)

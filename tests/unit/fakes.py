@@ -31,13 +31,15 @@ class ScriptedPolicy:
     def __init__(self, by_depth):
         self.by_depth = by_depth
         self.calls = []
+        self.greedy_first = []  # the flag of each call, in order
 
     def count_tokens(self, text):
         return len(text) // 4
 
-    def generate(self, prefix, *, n, max_tokens, temperature, top_p, top_k, seed, stop):
+    def generate(self, prefix, *, n, max_tokens, temperature, top_p, top_k, seed, stop, greedy_first=False):
         depth = prefix.count(END_STEP) + prefix.count(END_CODE) + prefix.count(END_ANSWER)
         self.calls.append((depth, n, seed))
+        self.greedy_first.append(greedy_first)
         options = self.by_depth[min(depth, len(self.by_depth) - 1)]
         return [options[(seed + i) % len(options)] for i in range(n)]
 

@@ -87,6 +87,20 @@ def test_mcts_is_reproducible_for_a_seed():
     assert go(3) == go(3)
 
 
+def test_greedy_first_asks_for_a_greedy_sibling_only_when_sampling():
+    for strategy, temperature, want in (("mcts", 0.7, True), ("mcts", 0.0, False), ("greedy", 0.7, False)):
+        pol = ScriptedPolicy(_script())
+        run(PROBLEM, policy=pol, executor=InProcessExecutor(),
+            config=SearchConfig(strategy=strategy, rollouts=3, candidates=2, temperature=temperature,
+                                greedy_first=True))
+        assert pol.greedy_first and set(pol.greedy_first) == {want}, (strategy, temperature)
+    pol = ScriptedPolicy(_script())
+    run(PROBLEM, policy=pol, executor=InProcessExecutor(), config=SearchConfig(rollouts=3, candidates=2))
+    assert set(pol.greedy_first) == {False}  # off by default
+    with pytest.raises(ValueError, match="greedy_first"):
+        SearchConfig(greedy_first="yes")
+
+
 def test_ppm_score_is_initial_value_counting_one_visit():
     pol = ScriptedPolicy(_script())
     ppm = TablePPM({"a + 3": 0.8, "a * 3": -0.4, "start": 0.1})
