@@ -6,7 +6,8 @@
 A search can grow the right answer and still pick a wrong one. This prints, for every rule, how
 many problems it answers correctly on the same trees, next to "in tree" (any terminal right: the
 ceiling no rule can beat), so a selection miss (PPM / vote) can be told from a generation miss
-(policy). Gold answers are only read to grade, after the rule has chosen.
+(policy); then the chance level (a random terminal) and how often the PPM ranks a right terminal
+above a wrong one of the same tree. Gold answers are only read to grade, after the rule has chosen.
 """
 
 from __future__ import annotations
@@ -90,6 +91,32 @@ def compare(trees: list[Tree]) -> list[tuple[str, int]]:
     return out
 
 
+def random_terminal(trees: list[Tree]) -> float:
+    """Expected number right when a terminal is picked uniformly at random: the chance level that a
+    selection rule has to beat to mean anything."""
+    total = 0.0
+    for t in trees:
+        ts = t.terminals()
+        if ts and t.gold is not None:
+            total += sum(is_correct(nd.answer, t.gold) for nd in ts) / len(ts)
+    return total
+
+
+def ppm_ranking(trees: list[Tree]) -> tuple[float | None, int]:
+    """(share of (right, wrong) terminal pairs of the same tree where the right one has the higher
+    PPM score, ties half; number of such pairs). 0.5 is a PPM that cannot tell them apart."""
+    wins, pairs = 0.0, 0
+    for t in trees:
+        if t.gold is None:
+            continue
+        scored = [(nd.ppm, is_correct(nd.answer, t.gold)) for nd in t.terminals() if nd.ppm is not None]
+        for right in (p for p, ok in scored if ok):
+            for wrong in (p for p, ok in scored if not ok):
+                wins += 1.0 if right > wrong else 0.5 if right == wrong else 0.0
+                pairs += 1
+    return (wins / pairs if pairs else None), pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", help="tree directories written by `rstar-app eval --save-trees`")
@@ -104,12 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         print("no graded trees found (run `rstar-app eval --save-trees` first)", file=sys.stderr)
         return 1
     rows = compare(trees)
+    chance = random_terminal(trees)
+    ranking, pairs = ppm_ranking(trees)
     if a.json:
-        print(json.dumps({"problems": len(trees), "rules": dict(rows)}, indent=1))
+        print(json.dumps({"problems": len(trees), "rules": dict(rows), "random_terminal": round(chance, 2),
+                          "ppm_ranking": ranking, "ppm_ranking_pairs": pairs}, indent=1))
         return 0
     print(f"{len(trees)} trees from {', '.join(a.dirs)}\n\n| rule | correct | accuracy |\n|---|---|---|")
     for name, k in rows:
         print(f"| {name} | {k} / {len(trees)} | {k / len(trees):.3f} |")
+    print(f"| a random terminal (expected) | {chance:.1f} / {len(trees)} | {chance / len(trees):.3f} |")
+    if ranking is not None:
+        print(f"\nterminal PPM: a right terminal outscores a wrong one of the same tree in {ranking:.1%} of "
+              f"{pairs} pairs (chance 50%)")
     return 0
 
 

@@ -68,6 +68,16 @@ def test_torch_siblings_equal_single_calls_with_their_seeds(tiny):
         p.generate(prefix, n=5, seed=0, **kw)
 
 
+def test_torch_greedy_first_replaces_only_sibling_zero_with_the_greedy_step(tiny):
+    p = TorchPolicy(tiny, device="cpu", dtype="float32", max_candidates=4)
+    prefix = build_prompt(PROBLEM)
+    kw = dict(max_tokens=12, temperature=1.0, top_p=0.95, top_k=40, stop=STOP)
+    plain = p.generate(prefix, n=3, seed=10, **kw)
+    mixed = p.generate(prefix, n=3, seed=10, greedy_first=True, **kw)
+    greedy = p.generate(prefix, n=1, seed=10, **{**kw, "temperature": 0.0})[0]
+    assert mixed[0] == greedy and mixed[1:] == plain[1:]
+
+
 def test_torch_ppm_scores_match_llama_ppm_with_the_same_head(tmp_path):
     from rstar_app.models.llama_cpp import LlamaPPM
     rng = np.random.default_rng(0)

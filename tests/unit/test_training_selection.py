@@ -3,7 +3,7 @@
 import json
 
 from rstar_app.tree import Tree
-from training.selection import compare, load_trees, main
+from training.selection import compare, load_trees, main, ppm_ranking, random_terminal
 
 
 def _tree(gold: str, terminals: list[tuple[str, float, float]]) -> Tree:
@@ -30,6 +30,11 @@ def test_rules_disagree_where_they_should_and_in_tree_is_the_ceiling():
     assert got["best terminal PPM"] == 0
     assert got["in tree (ceiling)"] == 2
     assert all(k <= got["in tree (ceiling)"] for k in got.values())
+    assert random_terminal([a, b, c]) == 3 / 4 + 1 / 3 + 0
+    # a: right 0.1 / 0.0 / -0.1 against wrong 0.9 -> 0 of 3; b: right -0.9 against 0.8, 0.7 -> 0 of 2
+    assert ppm_ranking([a, b, c]) == (0.0, 5)
+    tie = _tree("1", [("1", 0.0, 0.3), ("7", 0.0, 0.3), ("8", 0.0, -0.2)])
+    assert ppm_ranking([tie]) == (0.75, 2)
 
 
 def test_cli_reads_saved_trees_and_skips_ungraded(tmp_path, capsys):
@@ -43,6 +48,7 @@ def test_cli_reads_saved_trees_and_skips_ungraded(tmp_path, capsys):
     assert main([str(d), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["problems"] == 1 and out["rules"]["top-4 vote by value"] == 1
+    assert out["random_terminal"] == 1.0 and out["ppm_ranking"] is None  # no wrong terminal to rank
     assert main([str(tmp_path / "missing")]) == 1
     (d / "c.json").write_text("{not json")
     assert main([str(d)]) == 2 and "c.json" in capsys.readouterr().err
