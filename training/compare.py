@@ -33,7 +33,7 @@ def _index(path: str | Path) -> dict[str, dict]:
 
 
 def compare(a: str | Path, b: str | Path) -> dict:
-    """Summary of rollouts files `a` and `b` over their shared ids (raises if they share none)."""
+    """Summary of runs `a` and `b` (rollouts or eval JSONL) over their shared ids (raises if they share none)."""
     if not (Path(a).is_file() and Path(b).is_file()):
         raise ValueError(f"no such file: {a if not Path(a).is_file() else b}")
     ra, rb = _index(a), _index(b)
