@@ -44,16 +44,13 @@ def compare(a: str | Path, b: str | Path) -> dict:
     def side(rows: dict[str, dict]) -> dict:
         sel = [rows[i] for i in shared]
         return {"solved": sum(_solved(r) for r in sel),
-                "correct": sum(bool(r.get("correct")) for r in sel),
+                "correct": sum(_correct(r) for r in sel),
                 "mean_seconds": round(sum(float(r.get("seconds", 0.0)) for r in sel) / len(sel), 1)}
 
     def only(key, x: dict, y: dict) -> int:
         return sum(key(x[i]) and not key(y[i]) for i in shared)
 
-    def correct(r: dict) -> bool:
-        return bool(r.get("correct"))
-
-    right_a, right_b = only(correct, ra, rb), only(correct, rb, ra)
+    right_a, right_b = only(_correct, ra, rb), only(_correct, rb, ra)
     return {"shared": len(shared), "a": side(ra), "b": side(rb),
             "solved_only_a": only(_solved, ra, rb), "solved_only_b": only(_solved, rb, ra),
             "correct_only_a": right_a, "correct_only_b": right_b,
@@ -62,6 +59,10 @@ def compare(a: str | Path, b: str | Path) -> dict:
 
 def _solved(r: dict) -> bool:
     return bool(r.get("solved", r.get("in_tree")))  # rollouts say `solved`, eval rows `in_tree`
+
+
+def _correct(r: dict) -> bool:
+    return bool(r.get("correct"))
 
 
 def sign_test(k: int, m: int) -> float:

@@ -91,14 +91,18 @@ def compare(trees: list[Tree]) -> list[tuple[str, int]]:
     return out
 
 
+def _graded_terminals(t: Tree) -> list[tuple[Node, bool]]:
+    return [(nd, is_correct(nd.answer, t.gold)) for nd in t.terminals()] if t.gold is not None else []
+
+
 def random_terminal(trees: list[Tree]) -> float:
     """Expected number right when a terminal is picked uniformly at random: the chance level that a
     selection rule has to beat to mean anything."""
     total = 0.0
     for t in trees:
-        ts = t.terminals()
-        if ts and t.gold is not None:
-            total += sum(is_correct(nd.answer, t.gold) for nd in ts) / len(ts)
+        graded = _graded_terminals(t)
+        if graded:
+            total += sum(ok for _, ok in graded) / len(graded)
     return total
 
 
@@ -107,9 +111,7 @@ def ppm_ranking(trees: list[Tree]) -> tuple[float | None, int]:
     PPM score, ties half; number of such pairs). 0.5 is a PPM that cannot tell them apart."""
     wins, pairs = 0.0, 0
     for t in trees:
-        if t.gold is None:
-            continue
-        scored = [(nd.ppm, is_correct(nd.answer, t.gold)) for nd in t.terminals() if nd.ppm is not None]
+        scored = [(nd.ppm, ok) for nd, ok in _graded_terminals(t) if nd.ppm is not None]
         for right in (p for p, ok in scored if ok):
             for wrong in (p for p, ok in scored if not ok):
                 wins += 1.0 if right > wrong else 0.5 if right == wrong else 0.0

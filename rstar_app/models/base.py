@@ -30,6 +30,11 @@ def first_stop(text: str, stop: Sequence[str], rogue: Sequence[str] = ROGUE) -> 
     return best
 
 
+def sibling_temperatures(n: int, temperature: float, greedy_first: bool) -> list[float]:
+    """The temperature of each of n siblings: all `temperature`, or sibling 0 greedy (0.0)."""
+    return [0.0 if greedy_first and i == 0 else temperature for i in range(n)]
+
+
 class Policy(Protocol):
     """Proposes candidate next steps for a prefix (prompt + steps so far)."""
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import ROGUE as _ROGUE, Candidate, first_stop as _first_stop
+from .base import ROGUE as _ROGUE, Candidate, first_stop as _first_stop, sibling_temperatures
 
 _MODELS: dict[tuple[str, int], object] = {}
 _MODELS_LOCK = threading.Lock()
@@ -253,8 +253,8 @@ class LlamaPolicy:
             toks = cx.tokenize(prefix)
             last = cx.load_prefix(toks, output_last=True)
             cx.fork(n)
-            samplers = [self._sampler(0.0 if greedy_first and i == 0 else temperature, top_p, top_k, seed + i)
-                        for i in range(n)]
+            samplers = [self._sampler(t, top_p, top_k, seed + i)
+                        for i, t in enumerate(sibling_temperatures(n, temperature, greedy_first))]
             try:
                 return self._sample_loop(toks, last, n, samplers, max_tokens, list(stop))
             finally:

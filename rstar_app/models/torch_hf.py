@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .base import ROGUE, Candidate, first_stop
+from .base import ROGUE, Candidate, first_stop, sibling_temperatures
 
 
 def _torch():
@@ -138,7 +138,7 @@ class TorchPolicy:
         if not toks:
             raise ValueError("empty prefix")
         max_tokens = min(max_tokens, self.n_ctx - len(toks))
-        temps = [0.0 if greedy_first and i == 0 else temperature for i in range(n)]
+        temps = sibling_temperatures(n, temperature, greedy_first)
         gens = [torch.Generator(device=self.device).manual_seed(int(seed + i) % 2**63) for i in range(n)]
         out_tok: list[list[int]] = [[] for _ in range(n)]
         result: list[Candidate | None] = [None] * n
