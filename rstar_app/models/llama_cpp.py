@@ -359,13 +359,16 @@ class LlamaPPM:
     batch_siblings: bool = True
 
     def score(self, prefix: str, steps: Sequence[str]) -> list[float]:
-        size = self.max_candidates if self.batch_siblings else 1
-        out: list[float] = []
-        for start in range(0, len(steps), size):
-            out += self._score_group(prefix, list(steps[start:start + size]))
-        return out
+        return [float(x) for x in np.tanh(self.features(prefix, steps) @ self.w + self.b)]
 
-    def _score_group(self, prefix: str, steps: list[str]) -> list[float]:
+    def features(self, prefix: str, steps: Sequence[str]) -> np.ndarray:
+        """h_last of prefix + each step: [len(steps), hidden] float64 (what the head reads; used
+        by training.head to refit the head without the torch stack)."""
+        size = self.max_candidates if self.batch_siblings else 1
+        out = [self._features_group(prefix, list(steps[s:s + size])) for s in range(0, len(steps), size)]
+        return np.concatenate(out) if out else np.zeros((0, self.hidden))
+
+    def _features_group(self, prefix: str, steps: list[str]) -> np.ndarray:
         cx, L = self.cx, self.cx.L
         with cx.lock:
             full = [cx.tokenize(prefix + st) for st in steps]
@@ -383,11 +386,10 @@ class LlamaPPM:
             L.llama_set_embeddings(cx.ctx, True)
             try:
                 cx.decode([(f[-1], len(f) - 1, i + 1, True) for i, f in enumerate(full)])
-                vecs = {i + 1: np.ctypeslib.as_array(L.llama_get_embeddings_ith(cx.ctx, i), shape=(self.hidden,))
-                        .astype(np.float64) for i in range(len(full))}
+                return np.stack([np.ctypeslib.as_array(L.llama_get_embeddings_ith(cx.ctx, i), shape=(self.hidden,))
+                                 .astype(np.float64) for i in range(len(full))])
             finally:
                 L.llama_set_embeddings(cx.ctx, False)
-        return [float(np.tanh(vecs[i + 1] @ self.w + self.b)) for i in range(len(steps))]
 
     @property
     def stats(self) -> dict:
