@@ -168,8 +168,8 @@ def fit(Hp, Hn, wt, w0, b0, lam: float, iters: int = 400, lr: float = 0.05) -> t
 
 
 def held_out_scores(groups, Hp, Hn, term, prob, w, b, test: set[str], cache) -> dict:
-    """On the test problems: terminal pair accuracy (tree-weighted, ties half), step pair accuracy,
-    and how many trees the best-scored terminal is right in."""
+    """On the test problems: terminal and step pair accuracy (over pairs, ties half), and in how many
+    trees the best-scored terminal / the PPM-weighted vote picks a right answer."""
     sel = np.isin(prob, list(test))
     sp, sn = np.tanh(Hp @ w + b), np.tanh(Hn @ w + b)
     hit = np.where(sp > sn, 1.0, np.where(sp == sn, 0.5, 0.0))
