@@ -7,6 +7,7 @@ import json
 import sys
 
 from .config import STRATEGIES, SearchConfig
+from .tree import VOTE_RULES
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -39,15 +40,18 @@ def _add_search_args(p: argparse.ArgumentParser, default_strategy: str = "mcts")
     g.add_argument("--max-tokens", type=int, default=0, help="generated-token budget, 0 = none")
     g.add_argument("--max-depth", type=int, default=16)
     g.add_argument("--beam-width", type=int, default=2)
+    g.add_argument("--vote", choices=VOTE_RULES, default=SearchConfig.vote,
+                   help="answer rule: top-k = majority vote over the top-k terminals by value; "
+                        "ppm-weighted = every terminal votes with its PPM score")
     g.add_argument("--top-k-vote", type=int, default=SearchConfig.top_k_vote,
-                   help="answer: majority vote over the top-k terminals by value (large = every terminal)")
+                   help="k of the top-k vote (large = every terminal)")
 
 
 def config_from_args(a: argparse.Namespace) -> SearchConfig:
     return SearchConfig(strategy=a.strategy, rollouts=a.rollouts, candidates=a.candidates, c_puct=a.c_puct,
                         temperature=a.temperature, seed=a.seed, time_limit=a.time_limit,
                         max_tokens=a.max_tokens, max_depth=a.max_depth, beam_width=a.beam_width,
-                        top_k_vote=a.top_k_vote, greedy_first=a.greedy_first)
+                        vote=a.vote, top_k_vote=a.top_k_vote, greedy_first=a.greedy_first)
 
 
 def engine_from_args(a: argparse.Namespace, *, max_candidates: int = 8):
@@ -140,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--record", action="store_true", help="write the summary into the weights manifest's eval table")
     e.add_argument("--save-trees", action="store_true",
                    help="keep each problem's tree as <out>/<run>.trees/<id>.json (for `python -m training.selection`)")
+    e.add_argument("--from-trees", default=None, metavar="RUN.trees",
+                   help="no search: re-apply --vote / --top-k-vote to a finished --save-trees run's trees "
+                        "(same problems; tokens and seconds from that run's rows)")
     e.add_argument("--tag", default=None, help="model label in the run name (default: 'weights', or 'base' with --policy)")
     _add_search_args(e, default_strategy="greedy")
     _add_model_args(e)

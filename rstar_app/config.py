@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .tree import VOTE_RULES
+
 STRATEGIES = ("mcts", "greedy", "best_of_n", "majority", "beam")
 
 
@@ -28,7 +30,8 @@ class SearchConfig:
     beam_width: int = 2          # step-beam search: children kept per level
     # -- scoring --
     c_puct: float = 2.0          # UCT exploration constant (paper: 2)
-    top_k_vote: int = 4          # final answer: majority vote over the top-k terminals by value
+    vote: str = "top-k"          # final answer rule, one of tree.VOTE_RULES (see Tree.vote)
+    top_k_vote: int = 4          # "top-k": majority vote over the top-k terminals by value
     # -- sampling --
     temperature: float = 0.7
     greedy_first: bool = False   # sibling 0 of each expansion is the greedy (T = 0) step, the rest sampled
@@ -39,6 +42,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.vote not in VOTE_RULES:
+            raise ValueError(f"vote must be one of {VOTE_RULES}, got {self.vote!r}")
         _check_range("rollouts", self.rollouts, 1, 4096)
         _check_range("candidates", self.candidates, 1, 64)
         _check_range("max_depth", self.max_depth, 1, 64)

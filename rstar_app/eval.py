@@ -68,8 +68,9 @@ def subset(items: list[dict], limit: int, seed: int) -> list[dict]:
 
 def run_name(a) -> str:
     tag = getattr(a, "tag", None) or ("base" if a.policy else "weights")
-    vote = getattr(a, "top_k_vote", SearchConfig.top_k_vote)
-    vote = "" if vote == SearchConfig.top_k_vote else f"-v{vote}"  # default keeps older run names
+    k = getattr(a, "top_k_vote", SearchConfig.top_k_vote)
+    vote = "-vppm" if getattr(a, "vote", "top-k") == "ppm-weighted" else (
+        "" if k == SearchConfig.top_k_vote else f"-v{k}")  # the top-4 vote keeps older run names
     greedy = "-g" if getattr(a, "greedy_first", False) else ""
     return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}{vote}{greedy}-s{a.seed}-ss{a.sample_seed}"
 
@@ -104,6 +105,30 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
                 acc = sum(r["correct"] for r in rows) / len(rows)
                 print(f"[{len(rows)}/{len(items)}] {it['id']}: {row['answer']!r} vs {it['gold']!r} "
                       f"{'ok' if row['correct'] else 'x'}  acc {acc:.3f}  {row['tokens']} tok {row['seconds']} s", flush=True)
+    return rows
+
+
+def revote(items: list[dict], config, trees_dir: Path, out_path: Path) -> list[dict]:
+    """Rows for `config`'s answer rule from a finished run's saved trees, without searching again:
+    the rule only reads the tree, so this is the run that rule would have given on the same
+    search. Tokens and seconds come from the source run's rows (<trees_dir minus .trees>.jsonl).
+    Rewrites out_path whole; raises ValueError when a problem has no saved tree."""
+    from .tree import Tree
+    src = {r["id"]: r for r in read_rows(trees_dir.with_suffix(".jsonl")) if "id" in r}
+    missing = [it["id"] for it in items if it["id"] not in src or not (trees_dir / f"{_safe(it['id'])}.json").is_file()]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(items)} problems have no row and tree in {trees_dir} "
+                         f"(first: {missing[0]}); finish that run with --save-trees first, or lower --limit")
+    rows = []
+    for it in items:
+        tree = Tree.from_json((trees_dir / f"{_safe(it['id'])}.json").read_text())
+        tree.vote(config.top_k_vote, config.vote)
+        rows.append({**src[it["id"]], "answer": tree.answer, "correct": is_correct(tree.answer, it["gold"])})
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for row in rows:
+            append_row(f, row)
+    os.replace(tmp, out_path)
     return rows
 
 
@@ -174,18 +199,34 @@ def main(a) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     name = run_name(a)
-    engine = engine_from_args(a, max_candidates=config.candidates)
-    print(f"{name}: {len(items)} problems, models: {engine.description}")
-    try:
-        trees = None
-        if getattr(a, "save_trees", False):
-            trees = out / f"{name}.trees"
-            trees.mkdir(exist_ok=True)
-        rows = evaluate(engine, items, config, out / f"{name}.jsonl", trees_dir=trees)
-    finally:
-        engine.close()
+    if getattr(a, "from_trees", None):  # re-vote a finished run's trees: no model, no search
+        src = Path(a.from_trees)
+        if not (src.is_dir() and src.with_suffix(".summary.json").is_file()):
+            print(f"error: {src} is not a finished run's trees folder (<out>/<run>.trees next to "
+                  f"<run>.summary.json; made by eval --save-trees)", file=sys.stderr)
+            return 2
+        models = json.loads(src.with_suffix(".summary.json").read_text())["models"]
+        print(f"{name}: {len(items)} problems, answers re-voted from {src}")
+        try:
+            rows = revote(items, config, src, out / f"{name}.jsonl")
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        engine = engine_from_args(a, max_candidates=config.candidates)
+        models = engine.description
+        print(f"{name}: {len(items)} problems, models: {models}")
+        try:
+            trees = None
+            if getattr(a, "save_trees", False):
+                trees = out / f"{name}.trees"
+                trees.mkdir(exist_ok=True)
+            rows = evaluate(engine, items, config, out / f"{name}.jsonl", trees_dir=trees)
+        finally:
+            engine.close()
     summary = {"run": name, "bench": a.bench, "strategy": a.strategy, "rollouts": a.rollouts, "limit": a.limit,
-               "candidates": a.candidates, "top_k_vote": config.top_k_vote, "greedy_first": config.greedy_first, "models": engine.description, **summarize(rows)}
+               "candidates": a.candidates, "vote": config.vote, "top_k_vote": config.top_k_vote,
+               "greedy_first": config.greedy_first, "models": models, **summarize(rows)}
     _write_json(out / f"{name}.summary.json", summary, indent=1)
     if getattr(a, "record", False):
         record_in_manifest(summary, a)

@@ -23,15 +23,18 @@ from rstar_app.grading import is_correct
 from rstar_app.tree import Node, Tree, group_by_answer
 
 
-def _ppm01(nd: Node) -> float:
-    return ((nd.ppm if nd.ppm is not None else 0.0) + 1.0) / 2.0  # [-1, 1] -> [0, 1]
-
-
 def top_k_vote(k: int) -> Callable[[Tree], str | None]:
     def rule(tree: Tree) -> str | None:
         return tree.vote(k)  # the engine's own rule (value, then PPM), k terminals
     rule.__name__ = f"top-{k} vote by value" if k < 10**6 else "vote over all terminals"
     return rule
+
+
+def ppm_weighted_vote(tree: Tree) -> str | None:
+    return tree.vote(1, "ppm-weighted")  # the engine's --vote ppm-weighted
+
+
+ppm_weighted_vote.__name__ = "vote weighted by terminal PPM"
 
 
 def weighted_vote(weight: Callable[[Node], float], name: str) -> Callable[[Tree], str | None]:
@@ -64,7 +67,7 @@ best_mean_path_ppm.__name__ = "best mean path PPM"
 
 RULES: list[Callable[[Tree], str | None]] = [
     top_k_vote(1), top_k_vote(2), top_k_vote(4), top_k_vote(8), top_k_vote(10**9),
-    weighted_vote(_ppm01, "vote weighted by terminal PPM"),
+    ppm_weighted_vote,
     weighted_vote(lambda nd: max(nd.value, 0.0) + 1e-6, "vote weighted by value"),
     best_single(lambda nd: nd.ppm if nd.ppm is not None else -2.0, "best terminal PPM"),
     best_single(lambda nd: nd.value, "best terminal value"),

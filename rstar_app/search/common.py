@@ -174,7 +174,7 @@ class Search:
 
     def finish(self, stopped: str | None, top_k: int | None = None) -> Tree:
         tree = self.tree
-        tree.vote(self.config.top_k_vote if top_k is None else top_k)
+        tree.vote(self.config.top_k_vote if top_k is None else top_k, self.config.vote)
         tree.meta.update({"config": self.config.to_dict(), "stats": self.stats(), "stopped": stopped})
         tree.emit(Event("done", None, {"answer": tree.answer, "best_path": tree.best_path, **self.stats()}))
         return tree

@@ -43,6 +43,29 @@ def test_vote_takes_majority_of_top_k_by_value():
     assert t.best_path[0] == 0 and t.nodes[t.best_path[-1]].answer == "9"
 
 
+def test_ppm_weighted_vote_sums_terminal_scores_over_every_terminal():
+    t = Tree("p", "prompt")
+    # (answer, value, PPM): "9" leads by value and by count in the top 2, "5" by summed PPM weight
+    for ans, v, ppm in [("9", 0.9, -0.2), ("9", 0.8, -0.4), ("5", 0.1, 0.9), ("5.0", 0.0, 0.8)]:
+        nd = t.add(t.root, kind="answer", status="terminal", answer=ans, ppm=ppm)
+        nd.q, nd.n = v, 1
+    assert t.vote(2) == "9"                             # top-k: both top-2 terminals say 9
+    assert t.vote(2, "ppm-weighted") == "5"             # weights 0.4 + 0.3 vs 0.95 + 0.9
+    assert t.nodes[t.best_path[-1]].ppm == 0.9          # the best-ranked terminal of the winner
+    with pytest.raises(ValueError, match="vote rule"):
+        t.vote(2, "loudest")
+
+
+def test_ppm_weighted_vote_without_ppm_scores_is_a_plain_vote_over_all_terminals():
+    t = Tree("p", "prompt")
+    for ans, v in [("1", 0.9), ("2", 0.1), ("2", 0.0)]:
+        nd = t.add(t.root, kind="answer", status="terminal", answer=ans)
+        nd.q, nd.n = v, 1
+    assert t.vote(1) == "1" and t.vote(1, "ppm-weighted") == "2"
+    with pytest.raises(ValueError, match="vote must be one of"):
+        SearchConfig(vote="loudest")
+
+
 def test_trace_round_trips_and_rejects_other_versions():
     t = Tree("p", "prompt", gold="5")
     t.add(t.root, kind="answer", status="terminal", answer="5")
