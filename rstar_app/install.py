@@ -23,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +98,22 @@ def ensure_chromium() -> None:
         print("warning: no chromium found; install it (e.g. `sudo apt-get install chromium`) for tests/ui")
 
 
+def ensure_entry_point(which=shutil.which, run=subprocess.run) -> str | None:
+    """Make the `rstar-app` command findable; returns a hint when it still is not.
+
+    pip puts the script next to this Python, but under pyenv the shell finds commands through
+    shims that only `pyenv rehash` creates, so a fresh install would answer "command not found"."""
+    if which("rstar-app"):
+        return None
+    if which("pyenv"):
+        run(["pyenv", "rehash"], check=False)
+        if which("rstar-app"):
+            return None
+    scripts = sysconfig.get_path("scripts")
+    return (f"note: the `rstar-app` command was installed in {scripts}, which is not on PATH; "
+            f"add it, or run `{Path(sys.executable).name} -m rstar_app ...` instead")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rstar_app.install", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     pip("-e", f"{ROOT}[{','.join(extras)}]" if extras else str(ROOT))
     if a.dev:
         ensure_chromium()
+    hint = ensure_entry_point()
+    if hint:
+        print(hint)
     print("rstar-app installed.")
     return 0
 
