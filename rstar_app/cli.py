@@ -42,7 +42,8 @@ def _add_search_args(p: argparse.ArgumentParser, default_strategy: str = "mcts")
     g.add_argument("--beam-width", type=int, default=2)
     g.add_argument("--vote", choices=VOTE_RULES, default=SearchConfig.vote,
                    help="answer rule: top-k = majority vote over the top-k terminals by value; "
-                        "ppm-weighted = every terminal votes with its PPM score")
+                        "ppm-weighted = every terminal votes with its PPM score (for every strategy, majority "
+                        "and best_of_n included)")
     g.add_argument("--top-k-vote", type=int, default=SearchConfig.top_k_vote,
                    help="k of the top-k vote (large = every terminal)")
 
@@ -146,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep each problem's tree as <out>/<run>.trees/<id>.json (for `python -m training.selection`)")
     e.add_argument("--from-trees", default=None, metavar="RUN.trees",
                    help="no search: re-apply --vote / --top-k-vote to a finished --save-trees run's trees "
-                        "(same problems; tokens and seconds from that run's rows)")
+                        "(same problems; tokens and seconds from that run's rows; written as <run>-rv-vppm or "
+                        "<run>-rv-v<K>, never over the source)")
     e.add_argument("--tag", default=None, help="model label in the run name (default: 'weights', or 'base' with --policy)")
     _add_search_args(e, default_strategy="greedy")
     _add_model_args(e)

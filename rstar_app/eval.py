@@ -108,22 +108,40 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
     return rows
 
 
+def revote_name(source_run: str, config) -> str:
+    """A re-voted run's name: the source's, plus the rule. Never the source's own name, so a re-vote
+    cannot overwrite (and cut down to --limit) the run it reads."""
+    return f"{source_run}-rv-" + ("vppm" if config.vote == "ppm-weighted" else f"v{config.top_k_vote}")
+
+
 def revote(items: list[dict], config, trees_dir: Path, out_path: Path) -> list[dict]:
     """Rows for `config`'s answer rule from a finished run's saved trees, without searching again:
     the rule only reads the tree, so this is the run that rule would have given on the same
-    search. Tokens and seconds come from the source run's rows (<trees_dir minus .trees>.jsonl).
-    Rewrites out_path whole; raises ValueError when a problem has no saved tree."""
+    search. Each tree keeps its own strategy's vote size (majority counts every terminal).
+    Tokens and seconds come from the source run's rows (<trees_dir minus .trees>.jsonl).
+    Rewrites out_path whole; raises ValueError when a problem has no saved tree, or its tree was
+    graded against another gold answer (another benchmark or data file)."""
+    from .search import vote_top_k
     from .tree import Tree
     src = {r["id"]: r for r in read_rows(trees_dir.with_suffix(".jsonl")) if "id" in r}
     missing = [it["id"] for it in items if it["id"] not in src or not (trees_dir / f"{_safe(it['id'])}.json").is_file()]
     if missing:
         raise ValueError(f"{len(missing)} of {len(items)} problems have no row and tree in {trees_dir} "
-                         f"(first: {missing[0]}); finish that run with --save-trees first, or lower --limit")
+                         f"(first: {missing[0]}); finish that run with --save-trees first, or use its "
+                         f"--limit and --sample-seed")
     rows = []
     for it in items:
-        tree = Tree.from_json((trees_dir / f"{_safe(it['id'])}.json").read_text())
-        tree.vote(config.top_k_vote, config.vote)
-        rows.append({**src[it["id"]], "answer": tree.answer, "correct": is_correct(tree.answer, it["gold"])})
+        path = trees_dir / f"{_safe(it['id'])}.json"
+        try:
+            tree = Tree.from_json(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        if tree.gold is not None and str(tree.gold) != str(it["gold"]):
+            raise ValueError(f"{path}: graded against {tree.gold!r}, but the benchmark's answer to {it['id']} "
+                             f"is {it['gold']!r}: another benchmark or data file?")
+        tree.vote(vote_top_k(tree.meta.get("config", {}).get("strategy", ""), config), config.vote)
+        rows.append({**src[it["id"]], "answer": tree.answer, "correct": is_correct(tree.answer, it["gold"]),
+                     "in_tree": gold_in_tree(tree, it["gold"])})
     tmp = out_path.with_name(out_path.name + ".tmp")
     with open(tmp, "w") as f:
         for row in rows:
@@ -198,14 +216,19 @@ def main(a) -> int:
     items = subset(load_bench(a.bench, a.data), a.limit, a.sample_seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = run_name(a)
     if getattr(a, "from_trees", None):  # re-vote a finished run's trees: no model, no search
         src = Path(a.from_trees)
-        if not (src.is_dir() and src.with_suffix(".summary.json").is_file()):
+        if not (src.suffix == ".trees" and src.is_dir() and src.with_suffix(".summary.json").is_file()):
             print(f"error: {src} is not a finished run's trees folder (<out>/<run>.trees next to "
                   f"<run>.summary.json; made by eval --save-trees)", file=sys.stderr)
             return 2
-        models = json.loads(src.with_suffix(".summary.json").read_text())["models"]
+        source = json.loads(src.with_suffix(".summary.json").read_text())
+        if source.get("bench", a.bench) != a.bench:
+            print(f"error: {src} is a {source['bench']} run; pass --bench {source['bench']}", file=sys.stderr)
+            return 2
+        # the search is the source's: its settings, not this command line's, describe the rows
+        name, models = revote_name(source.get("run", src.stem), config), source["models"]
+        search = {k: source.get(k) for k in ("strategy", "rollouts", "candidates", "greedy_first")}
         print(f"{name}: {len(items)} problems, answers re-voted from {src}")
         try:
             rows = revote(items, config, src, out / f"{name}.jsonl")
@@ -213,6 +236,9 @@ def main(a) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     else:
+        name = run_name(a)
+        search = {"strategy": a.strategy, "rollouts": a.rollouts, "candidates": a.candidates,
+                  "greedy_first": config.greedy_first}
         engine = engine_from_args(a, max_candidates=config.candidates)
         models = engine.description
         print(f"{name}: {len(items)} problems, models: {models}")
@@ -224,9 +250,10 @@ def main(a) -> int:
             rows = evaluate(engine, items, config, out / f"{name}.jsonl", trees_dir=trees)
         finally:
             engine.close()
-    summary = {"run": name, "bench": a.bench, "strategy": a.strategy, "rollouts": a.rollouts, "limit": a.limit,
-               "candidates": a.candidates, "vote": config.vote, "top_k_vote": config.top_k_vote,
-               "greedy_first": config.greedy_first, "models": models, **summarize(rows)}
+    summary = {"run": name, "bench": a.bench, "strategy": search["strategy"], "rollouts": search["rollouts"],
+               "limit": a.limit, "candidates": search["candidates"], "vote": config.vote,
+               "top_k_vote": config.top_k_vote, "greedy_first": search["greedy_first"], "models": models,
+               **summarize(rows)}
     _write_json(out / f"{name}.summary.json", summary, indent=1)
     if getattr(a, "record", False):
         record_in_manifest(summary, a)

@@ -10,11 +10,16 @@ from ..steps import build_prompt
 from ..tree import Event, Tree
 from .common import Search
 from .mcts import mcts
-from .simple import beam, best_of_n, greedy, majority
+from .simple import VOTE_TOP_K, beam, best_of_n, greedy, majority
 
 STRATEGIES: dict[str, Callable[[Search], Tree]] = {
     "mcts": mcts, "greedy": greedy, "majority": majority, "best_of_n": best_of_n, "beam": beam,
 }
+
+
+def vote_top_k(strategy: str, config: SearchConfig) -> int:
+    """How many top-ranked terminals `strategy`'s final top-k vote counts (majority: all of them)."""
+    return VOTE_TOP_K.get(strategy, config.top_k_vote)
 
 
 def run(
@@ -50,4 +55,4 @@ def run(
     return STRATEGIES[config.strategy](s)
 
 
-__all__ = ["run", "STRATEGIES", "Search"]
+__all__ = ["run", "STRATEGIES", "Search", "vote_top_k"]

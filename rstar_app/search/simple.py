@@ -18,12 +18,17 @@ def greedy(s: Search) -> Tree:
     return run_loop(s, body)
 
 
+ALL_TERMINALS = 10**9
+# strategies whose final vote is not over config.top_k_vote terminals (re-votes of saved trees use this)
+VOTE_TOP_K = {"majority": ALL_TERMINALS}
+
+
 def majority(s: Search) -> Tree:
     """`rollouts` sampled trajectories; the most frequent answer wins (no PPM needed)."""
     def body(_: int) -> bool:
         end = walk_to_terminal(s, s.tree.root)
         return True  # terminals keep value 0: ranking is by the vote alone
-    return run_loop(s, body, top_k=10**9)  # every trajectory votes
+    return run_loop(s, body, top_k=VOTE_TOP_K["majority"])  # every trajectory votes
 
 
 def best_of_n(s: Search) -> Tree:

@@ -94,10 +94,15 @@ def test_eval_save_trees_keeps_graded_trees_that_selection_rules_can_replay(tmp_
     assert s.returncode == 0, s.stderr[-2000:]
     rules = json.loads(s.stdout)["rules"]
     assert rules["in tree (ceiling)"] == int(row["in_tree"]) and set(rules.values()) <= {0, 1}
-    # the same search re-voted by PPM weight, without a model: agrees with the replay of that rule
-    r = cli("eval", "--bench", "multiarith", "--strategy", "majority", "--rollouts", "2", "--limit", "1",
-            "--vote", "ppm-weighted", "--out", str(tmp_path / "rv"), "--data", str(SHARED_DATA),
-            "--from-trees", str(trees))
-    assert r.returncode == 0, r.stderr[-2000:]
-    [rv] = [json.loads(l) for l in next((tmp_path / "rv").glob("*-vppm-*.jsonl")).read_text().splitlines()]
-    assert rv["correct"] == rules["vote weighted by terminal PPM"] and rv["tokens"] == row["tokens"]
+    # the same search re-voted without a model: by PPM weight it agrees with the replay of that rule;
+    # by the source's own rule it reproduces the source's answer (majority counts every terminal)
+    for vote, suffix in ((["--vote", "ppm-weighted"], "vppm"), (["--top-k-vote", "2"], "v2")):
+        r = cli("eval", "--bench", "multiarith", "--limit", "1", *vote, "--out", str(tmp_path / "rv"),
+                "--data", str(SHARED_DATA), "--from-trees", str(trees))
+        assert r.returncode == 0, r.stderr[-2000:]
+        [rv] = [json.loads(l) for l in (tmp_path / "rv" / f"{trees.stem}-rv-{suffix}.jsonl").read_text().splitlines()]
+        assert rv["tokens"] == row["tokens"] and rv["in_tree"] == row["in_tree"]
+        if suffix == "vppm":
+            assert rv["correct"] == rules["vote weighted by terminal PPM"]
+        else:
+            assert rv["answer"] == row["answer"]

@@ -25,49 +25,96 @@ def test_a_larger_limit_extends_the_same_subset():
     assert subset(items, 20, 1234) != subset(items, 20, 1)
 
 
-def _saved_run(tmp_path, trees: dict[str, list[tuple[str, float, float]]]):
+SOURCE = "practice-weights-mcts-r8-k4-s0-ss1234"
+
+
+def _saved_run(tmp_path, trees: dict[str, list[tuple[str, float, float]]], *, strategy: str = "mcts",
+               gold: str = "5"):
     """A finished --save-trees run on disk: rows, summary, one tree per problem id."""
     src = tmp_path / "src"
-    (src / "run.trees").mkdir(parents=True)
-    with open(src / "run.jsonl", "w") as f:
+    (src / f"{SOURCE}.trees").mkdir(parents=True)
+    with open(src / f"{SOURCE}.jsonl", "w") as f:
         for pid, terms in trees.items():
-            t = Tree("p", "prompt", gold="5")
+            t = Tree("p", "prompt", gold=gold)
+            t.meta["config"] = {"strategy": strategy}
             for ans, value, ppm in terms:
                 nd = t.add(t.root, kind="answer", status="terminal", answer=ans, ppm=ppm)
                 nd.q, nd.n = value, 1
             t.vote(4)
-            (src / "run.trees" / f"{pid}.json").write_text(json.dumps(t.to_json(events=False)))
-            f.write(json.dumps({"id": pid, "gold": "5", "answer": t.answer, "correct": t.answer == "5",
+            (src / f"{SOURCE}.trees" / f"{pid}.json").write_text(json.dumps(t.to_json(events=False)))
+            f.write(json.dumps({"id": pid, "gold": gold, "answer": t.answer, "correct": t.answer == gold,
                                 "in_tree": True, "tokens": 1000, "seconds": 9.0}) + "\n")
-    (src / "run.summary.json").write_text(json.dumps({"models": "policy X, PPM Y"}))
-    return src / "run.trees"
+    (src / f"{SOURCE}.summary.json").write_text(json.dumps({
+        "run": SOURCE, "bench": "practice", "strategy": strategy, "rollouts": 8, "candidates": 4,
+        "greedy_first": False, "models": "policy X, PPM Y", "problems": len(trees), "accuracy": 0.0,
+        "tokens_per_problem": 1000.0, "seconds_per_problem": 9.0}))
+    return src / f"{SOURCE}.trees"
+
+
+def _bench(monkeypatch, ids, gold="5"):
+    import rstar_app.eval as ev
+    monkeypatch.setattr(ev, "load_bench", lambda name, data=None: [{"id": i, "question": "q", "gold": gold} for i in ids])
+
+
+# the top-4 vote says 9 (three high-value terminals); the PPM weights say 5
+SPLIT = [("9", 0.9, -0.9), ("9", 0.8, -0.9), ("9", 0.7, -0.9), ("5", 0.1, 0.9), ("5", 0.0, 0.9)]
 
 
 def test_from_trees_re_votes_a_finished_run_without_a_model(tmp_path, monkeypatch):
     ids = [f"practice-{i}" for i in range(3)]
-    import rstar_app.eval as ev
-    monkeypatch.setattr(ev, "load_bench", lambda name, data=None: [{"id": i, "question": "q", "gold": "5"} for i in ids])
-    # the top-4 vote says 9 (three high-value terminals); the PPM weights say 5
-    trees = _saved_run(tmp_path, {i: [("9", 0.9, -0.9), ("9", 0.8, -0.9), ("9", 0.7, -0.9), ("5", 0.1, 0.9),
-                                      ("5", 0.0, 0.9)] for i in ids})
+    _bench(monkeypatch, ids)
+    trees = _saved_run(tmp_path, {i: SPLIT for i in ids})
     out = tmp_path / "out"
-    args = ["eval", "--bench", "practice", "--limit", "3", "--strategy", "mcts", "--out", str(out),
-            "--from-trees", str(trees)]
+    # the command line's search flags (greedy, 2 rollouts) are not the source's: the source's win
+    args = ["eval", "--bench", "practice", "--limit", "3", "--strategy", "greedy", "--rollouts", "2",
+            "--out", str(out), "--from-trees", str(trees)]
     assert main(args) == 0
-    assert [r["answer"] for r in read_rows(out / "practice-weights-mcts-r8-k4-s0-ss1234.jsonl")] == ["9"] * 3
+    assert [r["answer"] for r in read_rows(out / f"{SOURCE}-rv-v4.jsonl")] == ["9"] * 3
     assert main(args + ["--vote", "ppm-weighted"]) == 0
-    rows = read_rows(out / "practice-weights-mcts-r8-k4-vppm-s0-ss1234.jsonl")
+    rows = read_rows(out / f"{SOURCE}-rv-vppm.jsonl")
     assert [r["answer"] for r in rows] == ["5"] * 3 and all(r["correct"] and r["tokens"] == 1000 for r in rows)
-    summary = json.loads((out / "practice-weights-mcts-r8-k4-vppm-s0-ss1234.summary.json").read_text())
+    summary = json.loads((out / f"{SOURCE}-rv-vppm.summary.json").read_text())
     assert summary["accuracy"] == 1.0 and summary["vote"] == "ppm-weighted" and summary["models"] == "policy X, PPM Y"
+    assert (summary["strategy"], summary["rollouts"], summary["candidates"]) == ("mcts", 8, 4)
+
+
+def test_from_trees_into_the_source_folder_leaves_the_source_run_whole(tmp_path, monkeypatch):
+    ids = [f"practice-{i}" for i in range(3)]
+    _bench(monkeypatch, ids)
+    trees = _saved_run(tmp_path, {i: SPLIT for i in ids})
+    before = (trees.with_suffix(".jsonl")).read_text()
+    assert main(["eval", "--bench", "practice", "--limit", "1", "--strategy", "mcts", "--out", str(trees.parent),
+                 "--from-trees", str(trees)]) == 0
+    assert trees.with_suffix(".jsonl").read_text() == before and len(read_rows(trees.with_suffix(".jsonl"))) == 3
+
+
+def test_from_trees_keeps_a_majority_runs_vote_over_every_terminal(tmp_path, monkeypatch):
+    _bench(monkeypatch, ["a"], gold="9")
+    # five sampled trajectories: 5 twice with the higher values, 9 three times; majority counts all
+    trees = _saved_run(tmp_path, {"a": [("5", 0.9, 0.0), ("5", 0.8, 0.0), ("9", 0.1, 0.0), ("9", 0.0, 0.0),
+                                        ("9", 0.0, 0.0)]}, strategy="majority", gold="9")
+    out = tmp_path / "out"
+    assert main(["eval", "--bench", "practice", "--limit", "1", "--top-k-vote", "2", "--out", str(out),
+                 "--from-trees", str(trees)]) == 0
+    [row] = read_rows(out / f"{SOURCE}-rv-v2.jsonl")
+    assert row["answer"] == "9" and row["correct"]
 
 
 def test_from_trees_refuses_a_run_that_lacks_a_problem(tmp_path, monkeypatch, capsys):
-    import rstar_app.eval as ev
-    monkeypatch.setattr(ev, "load_bench", lambda name, data=None: [{"id": i, "question": "q", "gold": "5"} for i in "ab"])
+    _bench(monkeypatch, "ab")
     trees = _saved_run(tmp_path, {"a": [("5", 0.5, 0.5)]})
     args = ["eval", "--bench", "practice", "--limit", "2", "--out", str(tmp_path / "out"), "--from-trees"]
     assert main(args + [str(trees)]) == 2
     assert "1 of 2 problems have no row and tree" in capsys.readouterr().err
     assert main(args + [str(tmp_path / "nowhere.trees")]) == 2
     assert "not a finished run's trees folder" in capsys.readouterr().err
+
+
+def test_from_trees_refuses_another_benchmark_or_other_golds(tmp_path, monkeypatch, capsys):
+    _bench(monkeypatch, ["a"], gold="7")
+    trees = _saved_run(tmp_path, {"a": [("5", 0.5, 0.5)]})
+    out = ["--out", str(tmp_path / "out"), "--from-trees", str(trees)]
+    assert main(["eval", "--bench", "svamp", "--limit", "1", *out]) == 2
+    assert "is a practice run; pass --bench practice" in capsys.readouterr().err
+    assert main(["eval", "--bench", "practice", "--limit", "1", *out]) == 2
+    assert "graded against '5', but the benchmark's answer to a is '7'" in capsys.readouterr().err
