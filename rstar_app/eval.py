@@ -191,14 +191,21 @@ def write_plot(out_dir: Path) -> Path | None:
     return path
 
 
-def record_in_manifest(summary: dict, a) -> Path:
+def record_in_manifest(summary: dict, a) -> Path | None:
     """Put a run's summary (and the command that made it) under `eval` in the weights manifest, so
-    the shipped numbers travel with the weights they were measured on."""
+    the shipped numbers travel with the weights they were measured on. A row of the same run over
+    more problems is kept (a shorter rerun, e.g. to pair it with another run, must not shrink the
+    table); returns None then."""
     from .weights import WEIGHTS_DIR
     path = Path(a.weights or WEIGHTS_DIR) / "manifest.json"
     m = json.loads(path.read_text())
-    m.setdefault("eval", {})[summary["run"]] = {**summary, "command": "rstar-app " + " ".join(sys.argv[1:]),
-                                                "sample_seed": a.sample_seed}
+    old = m.setdefault("eval", {}).get(summary["run"])
+    if old and old.get("problems", 0) > summary["problems"]:
+        print(f"manifest keeps its {summary['run']} row over {old['problems']} problems "
+              f"(this run: {summary['problems']})", file=sys.stderr)
+        return None
+    m["eval"][summary["run"]] = {**summary, "command": "rstar-app " + " ".join(sys.argv[1:]),
+                                 "sample_seed": a.sample_seed}
     _write_json(path, m, indent=2, newline=True)
     return path
 

@@ -118,3 +118,17 @@ def test_from_trees_refuses_another_benchmark_or_other_golds(tmp_path, monkeypat
     assert "is a practice run; pass --bench practice" in capsys.readouterr().err
     assert main(["eval", "--bench", "practice", "--limit", "1", *out]) == 2
     assert "graded against '5', but the benchmark's answer to a is '7'" in capsys.readouterr().err
+
+
+def test_recording_a_shorter_rerun_keeps_the_manifests_larger_row(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from rstar_app.eval import record_in_manifest
+    (tmp_path / "manifest.json").write_text(json.dumps({"eval": {"run-a": {"problems": 200, "accuracy": 0.02}}}))
+    a = SimpleNamespace(weights=str(tmp_path), sample_seed=1234)
+    assert record_in_manifest({"run": "run-a", "problems": 120, "accuracy": 0.0333}, a) is None
+    assert "keeps its run-a row over 200 problems" in capsys.readouterr().err
+    assert record_in_manifest({"run": "run-a", "problems": 200, "accuracy": 0.025}, a) is not None
+    assert record_in_manifest({"run": "run-b", "problems": 5, "accuracy": 0.2}, a) is not None
+    rows = json.loads((tmp_path / "manifest.json").read_text())["eval"]
+    assert rows["run-a"]["accuracy"] == 0.025 and rows["run-b"]["problems"] == 5
