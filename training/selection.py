@@ -20,13 +20,14 @@ from typing import Callable
 
 from rstar_app.eval import gold_in_tree
 from rstar_app.grading import is_correct
+from rstar_app.search.simple import ALL_TERMINALS
 from rstar_app.tree import Node, Tree, group_by_answer
 
 
 def top_k_vote(k: int) -> Callable[[Tree], str | None]:
     def rule(tree: Tree) -> str | None:
         return tree.vote(k)  # the engine's own rule (value, then PPM), k terminals
-    rule.__name__ = f"top-{k} vote by value" if k < 10**6 else "vote over all terminals"
+    rule.__name__ = f"top-{k} vote by value" if k < ALL_TERMINALS else "vote over all terminals"
     return rule
 
 
@@ -66,7 +67,7 @@ best_mean_path_ppm.__name__ = "best mean path PPM"
 
 
 RULES: list[Callable[[Tree], str | None]] = [
-    top_k_vote(1), top_k_vote(2), top_k_vote(4), top_k_vote(8), top_k_vote(10**9),
+    top_k_vote(1), top_k_vote(2), top_k_vote(4), top_k_vote(8), top_k_vote(ALL_TERMINALS),
     ppm_weighted_vote,
     weighted_vote(lambda nd: max(nd.value, 0.0) + 1e-6, "vote weighted by value"),
     best_single(lambda nd: nd.ppm if nd.ppm is not None else -2.0, "best terminal PPM"),
