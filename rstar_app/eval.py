@@ -132,10 +132,7 @@ def revote(items: list[dict], config, trees_dir: Path, out_path: Path) -> list[d
     rows = []
     for it in items:
         path = trees_dir / f"{_safe(it['id'])}.json"
-        try:
-            tree = Tree.from_json(path.read_text())
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+        tree = Tree.read(path)
         if tree.gold is not None and str(tree.gold) != str(it["gold"]):
             raise ValueError(f"{path}: graded against {tree.gold!r}, but the benchmark's answer to {it['id']} "
                              f"is {it['gold']!r}: another benchmark or data file?")

@@ -9,6 +9,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 TRACE_FORMAT = "rstar-app-trace"
@@ -199,6 +200,14 @@ class Tree:
             "nodes": [nd.to_dict() for nd in self.nodes],
             "events": [asdict(e) for e in self.events] if events else [],
         }
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Tree":
+        """Load a trace file; a malformed one raises ValueError naming the file."""
+        try:
+            return cls.from_json(Path(path).read_text())
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def from_json(cls, obj: dict | str | bytes) -> "Tree":

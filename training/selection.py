@@ -79,11 +79,7 @@ RULES: list[Callable[[Tree], str | None]] = [
 def load_trees(dirs: list[str]) -> list[Tree]:
     trees = []
     for d in dirs:
-        for p in sorted(Path(d).glob("*.json")):
-            try:
-                trees.append(Tree.from_json(p.read_text()))
-            except ValueError as e:
-                raise ValueError(f"{p}: {e}") from None
+        trees.extend(Tree.read(p) for p in sorted(Path(d).glob("*.json")))
     return trees
 
 
@@ -130,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         trees = [t for t in load_trees(a.dirs) if t.gold is not None]
-    except ValueError as e:  # Tree.from_json's message says what is wrong with the file
+    except ValueError as e:  # Tree.read's message names the file and what is wrong with it
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not trees:
