@@ -40,10 +40,16 @@ class Round:
     def __init__(self, recipe_path: str, k: int, *, weights_dir: str | None = None, dry_run: bool = False,
                  python: str | None = None):
         self.recipe_path = str(recipe_path)
-        self.recipe = load_yaml(recipe_path)
+        self.recipe = round_recipe(load_yaml(recipe_path), k)
         self.k = k
         self.workdir = _abs(self.recipe.get("workdir") or f"training/runs/{self.recipe.get('name', 'run')}")
         self.dir = self.workdir / f"round-{k}"
+        if self.recipe.get("round_overrides"):
+            # the stages read --recipe themselves: hand them this round's merged recipe, kept in the
+            # round's directory next to what it made (the manifest records its path and sha256)
+            self.recipe_path = str(self.dir / "recipe.yaml")
+            if not dry_run:
+                write_round_recipe(self.recipe, Path(self.recipe_path), source=str(recipe_path))
         self.prev = self.workdir / f"round-{k - 1}"
         self.weights_dir = _abs(weights_dir or self.recipe.get("weights_dir") or "weights")
         self.dry_run = dry_run
@@ -153,6 +159,8 @@ class Round:
             cmds.append(self.run("rollouts", "rollouts", ["--problems", ppath, *common, "--max-calc-steps", 0,
                                                           "--out", self.dir / "rollouts.practice.jsonl"]))
         args = ["--problems", _abs(r.get("problems") or self.recipe["problems"]), *common]
+        if r.get("max_calc_steps") is not None:
+            args += ["--max-calc-steps", r["max_calc_steps"]]
         if r.get("offset"):
             args += ["--offset", r["offset"]]
         if r.get("n_problems"):
@@ -396,6 +404,44 @@ def _copy(src: Path, dst: Path) -> None:
 def _dtype(recipe: dict) -> list:
     d = (recipe.get("export") or {}).get("dtype")
     return ["--dtype", d] if d else []
+
+
+def round_recipe(recipe: dict, k: int) -> dict:
+    """The recipe for round k: its `rounds: {k: {...}}` entry merged over the top-level sections
+    (nested mappings merge key by key, anything else replaces), e.g. a round that changes the
+    rollout problems. The merged recipe has no `rounds` key and lists what changed under
+    `round_overrides`."""
+    rounds = recipe.get("rounds") or {}
+    if not isinstance(rounds, dict):
+        raise SystemExit("recipe: `rounds` must map a round number to overrides")
+    unknown = [r for r in rounds if not str(r).isdigit()]
+    if unknown:
+        raise SystemExit(f"recipe: `rounds` keys must be round numbers, got {unknown}")
+    over = next((v for r, v in rounds.items() if int(r) == k), None) or {}
+    if not isinstance(over, dict):
+        raise SystemExit(f"recipe: rounds.{k} must be a mapping of overrides")
+    bad = sorted(set(over) - set(recipe) - {"rounds"})
+    if bad:
+        raise SystemExit(f"recipe: rounds.{k} overrides unknown sections {bad}; known: {sorted(set(recipe) - {'rounds'})}")
+
+    def merge(base, top):
+        if isinstance(base, dict) and isinstance(top, dict):
+            return {**base, **{key: merge(base.get(key), v) for key, v in top.items()}}
+        return top
+    out = {key: v for key, v in recipe.items() if key != "rounds"}
+    out = merge(out, over)
+    if over:
+        out["round_overrides"] = {"round": k, **over}
+    return out
+
+
+def write_round_recipe(recipe: dict, path: Path, *, source: str) -> None:
+    import yaml
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = f"# {os.path.relpath(_abs(source), REPO)} with its rounds.{recipe['round_overrides']['round']} overrides merged in (written by training.evolve)\n"
+    text = head + yaml.safe_dump(recipe, sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 def _portable(obj):

@@ -58,6 +58,27 @@ def terminal_groups(rollout_files: list[str]) -> list[dict]:
     return out
 
 
+def tree_dir_groups(dirs: list[str]) -> tuple[list[dict], int]:
+    """terminal_groups' rows from tree directories written by `rstar-app eval --save-trees` (gold
+    read from each tree), plus how many graded trees had only right terminals (right whatever the
+    head does)."""
+    out, all_right = [], 0
+    for d in dirs:
+        for f in sorted(Path(d).glob("*.json")):
+            tree = Tree.read(f)
+            ts = tree.terminals()
+            if tree.gold is None or not ts:
+                continue
+            ok = [bool(is_correct(nd.answer, tree.gold)) for nd in ts]
+            if all(ok):
+                all_right += 1
+            elif any(ok):
+                gid = {nd.id: i for i, g in enumerate(group_by_answer(ts)) for nd in g}
+                out.append({"problem": f"{d}:{f.stem}", "prompt": tree.prompt, "texts": [tree.text(nd) for nd in ts],
+                            "right": ok, "group": [gid[nd.id] for nd in ts]})
+    return out, all_right
+
+
 def step_pairs(pair_files: list[str]) -> list[dict]:
     """Step pairs of the PPM stage ({problem_id, prefix, pos, neg}); terminal-kind pairs are skipped
     here since terminal_groups covers every one of them."""
@@ -177,18 +198,31 @@ def held_out_scores(groups, Hp, Hn, term, prob, w, b, test: set[str], cache) -> 
     for name, mask in (("terminal_pairs", sel & term), ("step_pairs", sel & ~term)):
         out[name] = float(hit[mask].mean()) if mask.any() else None
         out[name + "_n"] = int(mask.sum())
+    return out | selection_scores([g for g in groups if g["problem"] in test], cache, w, b)
+
+
+def selection_scores(groups: list[dict], cache, w, b) -> dict:
+    """In how many of these trees the best-scored terminal / the PPM-weighted vote is right."""
     top1, vote = [], []
     for g in groups:
-        if g["problem"] not in test:
-            continue
         s = np.tanh(np.stack([cache[t] for t in g["texts"]]) @ w + b)
         top1.append(g["right"][int(np.argmax(s))])
         # the PPM-weighted vote: each answer group scores the sum of its terminals' (s + 1) / 2
         gid = np.array(g["group"])
         best = int(np.argmax([((s[gid == k] + 1) / 2).sum() for k in range(gid.max() + 1)]))
         vote.append(g["right"][int(np.flatnonzero(gid == best)[0])])
-    out["top1_right"], out["vote_right"], out["trees"] = int(sum(top1)), int(sum(vote)), len(top1)
-    return out
+    return {"top1_right": int(sum(top1)), "vote_right": int(sum(vote)), "trees": len(top1)}
+
+
+def transfer_scores(groups: list[dict], cache, w, b) -> dict:
+    """Terminal pair accuracy (ties half, each tree's pairs weigh the same as in the fit) and the
+    selection counts on trees the head never saw, e.g. another benchmark's eval trees."""
+    acc = []
+    for g in groups:
+        s = np.tanh(np.stack([cache[t] for t in g["texts"]]) @ w + b)
+        R, W = s[np.array(g["right"])], s[~np.array(g["right"])]
+        acc.append(float(np.mean(np.where(R[:, None] > W[None, :], 1.0, np.where(R[:, None] == W[None, :], 0.5, 0.0)))))
+    return {"terminal_pairs_per_tree": round(float(np.mean(acc)), 4) if acc else None} | selection_scores(groups, cache, w, b)
 
 
 def fold_of(problem: str, folds: int, seed: int) -> int:
@@ -252,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="all step pairs together weigh this many times all trees' terminal pairs")
     ap.add_argument("--publish", metavar="NAME", default=None,
                     help="copy the new head into the weights directory as NAME and update its manifest")
+    ap.add_argument("--transfer", default="",
+                    help="comma-separated tree directories (`rstar-app eval --save-trees`) to score the old and new "
+                         "head on, never fit on: does the refit carry over to another benchmark")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
@@ -277,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = FeatureCache(out / "features.npz")
     jobs = [(g["prompt"], g["texts"]) for g in groups] + [(p["prefix"], [p["prefix"] + p["pos"], p["prefix"] + p["neg"]])
                                                          for p in spairs]
+    transfer, transfer_all_right = tree_dir_groups([d for d in a.transfer.split(",") if d])
+    jobs += [(g["prompt"], g["texts"]) for g in transfer]
     embed_all(ppm, cache, jobs, progress=not a.no_progress)
 
     cv = cross_validate(groups, spairs, cache, w0, b0, folds=a.folds, seed=a.seed, step_weight=a.step_weight)
@@ -289,12 +328,23 @@ def main(argv: list[str] | None = None) -> int:
               "start_head": wts.ppm_head.name, "adapter": wts.ppm_adapter.name if wts.ppm_adapter else None,
               "rollouts": a.rollouts.split(","), "pairs": [f for f in a.pairs.split(",") if f],
               "command": "python -m training.head " + " ".join(sys.argv[1:] if argv is None else argv)}
+    if transfer:
+        report["transfer"] = {"dirs": a.transfer.split(","), "mixed_trees": len(transfer),
+                              "all_right_trees": transfer_all_right,
+                              "old": transfer_scores(transfer, cache, w0, b0), "new": transfer_scores(transfer, cache, w, b)}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nheld out ({a.folds}-fold by problem) | terminal pairs | step pairs | best terminal right"
           " | PPM-weighted vote right")
     for name, s in cv.items():
         print(f"{name:>14} | {s['terminal_pairs']} | {s['step_pairs']} | {s['top1_right']} / {s['trees']}"
               f" | {s['vote_right']} / {s['trees']}")
+    if transfer:
+        t = report["transfer"]
+        print(f"\ntransfer ({t['mixed_trees']} trees with right and wrong terminals; {t['all_right_trees']} more are"
+              " right whatever the head does) | terminal pairs (per tree) | best terminal right | PPM-weighted vote right")
+        for name in ("old", "new"):
+            s = t[name]
+            print(f"{name:>14} | {s['terminal_pairs_per_tree']} | {s['top1_right']} / {s['trees']} | {s['vote_right']} / {s['trees']}")
     print(f"chosen lambda {best:g}; head -> {out / 'value_head.npz'}")
     if a.publish:
         print(f"published {publish(out / 'value_head.npz', report, Path(a.weights) if a.weights else WEIGHTS_DIR, a.publish)}")

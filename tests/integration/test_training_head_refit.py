@@ -37,14 +37,19 @@ def test_refit_head_is_published_and_loads_in_the_engine_ppm(tmp_path):
     shutil.copytree(WEIGHTS_DIR, w, ignore=shutil.ignore_patterns("*.pyc"))
     f = tmp_path / "rollouts.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in _mixed_rows(3)))
+    trees = tmp_path / "eval.trees"  # one of them as `rstar-app eval --save-trees` writes it: the transfer check
+    trees.mkdir()
+    (trees / "p0.json").write_text(json.dumps(_mixed_rows(1)[0]["trace"]))
     out = tmp_path / "head"
     old_head = load_weights(w).ppm_head.name
     rc = head.main(["--rollouts", str(f), "--out", str(out), "--weights", str(w), "--folds", "3",
-                    "--threads", "2", "--no-progress", "--publish", "ppm-head-test.npz"])
+                    "--threads", "2", "--no-progress", "--publish", "ppm-head-test.npz", "--transfer", str(trees)])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert report["trees"] == 3 and set(report["cross_validation"]) >= {"old", "lambda=1"}
     assert report["cross_validation"]["old"]["trees"] == 3
+    assert report["transfer"]["mixed_trees"] == 1 and report["transfer"]["new"]["trees"] == 1
+    assert 0.0 <= report["transfer"]["old"]["terminal_pairs_per_tree"] <= 1.0
 
     wts = load_weights(w, verify=True)  # sha256 recorded for the new head
     assert wts.ppm_head.name == "ppm-head-test.npz" and not (w / old_head).exists()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from rstar_app.tree import Tree
-from training.head import FeatureCache, cross_validate, fit, key, pair_arrays, terminal_groups
+from training.head import (FeatureCache, cross_validate, fit, key, pair_arrays, terminal_groups, transfer_scores,
+                           tree_dir_groups)
 
 
 def _rollout_row(pid: str, gold: str, answers: list[str]) -> dict:
@@ -87,3 +88,25 @@ def test_feature_cache_saves_and_resumes(tmp_path):
     again = FeatureCache(tmp_path / "f.npz")
     assert again.missing(["a", "c", "d"]) == ["d"]
     assert again["a"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_tree_dir_groups_read_eval_trees_and_count_the_all_right_ones(tmp_path):
+    d = tmp_path / "run.trees"
+    d.mkdir()
+    for pid, gold, answers in [("a", "5", ["5", "7"]), ("b", "5", ["5", "5.0"]), ("c", "2", ["3"]), ("d", "4", [])]:
+        (d / f"{pid}.json").write_text(json.dumps(_rollout_row(pid, gold, answers)["trace"]))
+    groups, all_right = tree_dir_groups([str(d)])
+    assert [g["right"] for g in groups] == [[True, False]] and groups[0]["problem"].endswith(":a")
+    assert all_right == 1  # b; c is all wrong, d has no terminal
+
+
+def test_transfer_scores_a_head_on_unseen_trees():
+    groups, cache = _synthetic(20, 6, np.random.default_rng(3))
+    zero = transfer_scores(groups, cache, np.zeros(6), 0.0)
+    assert zero["terminal_pairs_per_tree"] == 0.5 and zero["trees"] == 20
+    Hp, Hn, wt, _, _ = pair_arrays(groups, [], cache, step_weight=1.0)
+    w, b = fit(Hp, Hn, wt, np.zeros(6), 0.0, lam=1e-3)
+    fitted = transfer_scores(groups, cache, w, b)
+    flipped = transfer_scores(groups, cache, -w, -b)  # a head that ranks backwards
+    assert fitted["terminal_pairs_per_tree"] > 0.85 and flipped["terminal_pairs_per_tree"] < 0.15
+    assert fitted["top1_right"] >= 18 and flipped["top1_right"] <= 2

@@ -1,0 +1,47 @@
+"""training.evolve's per-round recipe overrides (`rounds: {k: {...}}`)."""
+
+import pytest
+import yaml
+
+from training.evolve import Round, round_recipe
+
+RECIPE = {"name": "r", "rollouts": {"n_problems": 10, "max_calc_steps": 1, "practice": {"n": 5},
+                                    "search": {"rollouts": 8, "candidates": 4}},
+          "sft": {"lr": 1e-4},
+          "rounds": {4: {"rollouts": {"practice": None, "max_calc_steps": 2, "search": {"rollouts": 16}}}}}
+
+
+def test_round_without_overrides_is_the_recipe_minus_rounds():
+    out = round_recipe(RECIPE, 3)
+    assert "rounds" not in out and "round_overrides" not in out
+    assert out["rollouts"] == RECIPE["rollouts"] and out["sft"] == RECIPE["sft"]
+
+
+def test_overrides_merge_nested_keys_and_replace_leaves():
+    out = round_recipe(RECIPE, 4)
+    assert out["rollouts"]["practice"] is None and out["rollouts"]["max_calc_steps"] == 2
+    assert out["rollouts"]["n_problems"] == 10                          # untouched key kept
+    assert out["rollouts"]["search"] == {"rollouts": 16, "candidates": 4}  # nested merge, not replace
+    assert out["round_overrides"]["round"] == 4
+    assert RECIPE["rollouts"]["max_calc_steps"] == 1                    # the input is not mutated
+
+
+def test_round_keys_may_be_strings_as_yaml_quotes_them():
+    assert round_recipe({"sft": {"lr": 1}, "rounds": {"2": {"sft": {"lr": 2}}}}, 2)["sft"]["lr"] == 2
+
+
+@pytest.mark.parametrize("rounds, msg", [({"four": {}}, "round numbers"), ({4: {"spelling": {}}}, "unknown sections"),
+                                         ({4: [1]}, "mapping"), ([1], "must map")])
+def test_bad_rounds_section_is_refused_with_its_reason(rounds, msg):
+    with pytest.raises(SystemExit, match=msg):
+        round_recipe({"sft": {}, "rounds": rounds}, 4)
+
+
+def test_round_hands_its_stages_the_merged_recipe_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, "workdir": str(tmp_path / "work"), "base": "smollm2"}))
+    r4 = Round(str(path), 4, weights_dir=str(tmp_path / "w"))
+    assert r4.recipe_path == str(tmp_path / "work" / "round-4" / "recipe.yaml")
+    written = yaml.safe_load(open(r4.recipe_path))
+    assert written["rollouts"]["max_calc_steps"] == 2 and "rounds" not in written
+    assert Round(str(path), 3, weights_dir=str(tmp_path / "w")).recipe_path == str(path)
