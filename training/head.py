@@ -314,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = FeatureCache(out / "features.npz")
     jobs = [(g["prompt"], g["texts"]) for g in groups] + [(p["prefix"], [p["prefix"] + p["pos"], p["prefix"] + p["neg"]])
                                                          for p in spairs]
-    transfer, transfer_all_right = tree_dir_groups([d for d in a.transfer.split(",") if d])
-    jobs += [(g["prompt"], g["texts"]) for g in transfer]
+    transfer = {d: tree_dir_groups([d]) for d in a.transfer.split(",") if d}  # dir -> (groups, all-right trees)
+    jobs += [(g["prompt"], g["texts"]) for groups_d, _ in transfer.values() for g in groups_d]
     embed_all(ppm, cache, jobs, progress=not a.no_progress)
 
     cv = cross_validate(groups, spairs, cache, w0, b0, folds=a.folds, seed=a.seed, step_weight=a.step_weight)
@@ -329,19 +329,18 @@ def main(argv: list[str] | None = None) -> int:
               "rollouts": a.rollouts.split(","), "pairs": [f for f in a.pairs.split(",") if f],
               "command": "python -m training.head " + " ".join(sys.argv[1:] if argv is None else argv)}
     if transfer:
-        report["transfer"] = {"dirs": a.transfer.split(","), "mixed_trees": len(transfer),
-                              "all_right_trees": transfer_all_right,
-                              "old": transfer_scores(transfer, cache, w0, b0), "new": transfer_scores(transfer, cache, w, b)}
+        report["transfer"] = {d: {"mixed_trees": len(gs), "all_right_trees": n_right,
+                                  "old": transfer_scores(gs, cache, w0, b0), "new": transfer_scores(gs, cache, w, b)}
+                              for d, (gs, n_right) in transfer.items()}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nheld out ({a.folds}-fold by problem) | terminal pairs | step pairs | best terminal right"
           " | PPM-weighted vote right")
     for name, s in cv.items():
         print(f"{name:>14} | {s['terminal_pairs']} | {s['step_pairs']} | {s['top1_right']} / {s['trees']}"
               f" | {s['vote_right']} / {s['trees']}")
-    if transfer:
-        t = report["transfer"]
-        print(f"\ntransfer ({t['mixed_trees']} trees with right and wrong terminals; {t['all_right_trees']} more are"
-              " right whatever the head does) | terminal pairs (per tree) | best terminal right | PPM-weighted vote right")
+    for d, t in report.get("transfer", {}).items():
+        print(f"\ntransfer to {d} ({t['mixed_trees']} trees with right and wrong terminals; {t['all_right_trees']} more"
+              " are right whatever the head does) | terminal pairs (per tree) | best terminal right | PPM-weighted vote right")
         for name in ("old", "new"):
             s = t[name]
             print(f"{name:>14} | {s['terminal_pairs_per_tree']} | {s['top1_right']} / {s['trees']} | {s['vote_right']} / {s['trees']}")

@@ -48,8 +48,8 @@ def test_refit_head_is_published_and_loads_in_the_engine_ppm(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["trees"] == 3 and set(report["cross_validation"]) >= {"old", "lambda=1"}
     assert report["cross_validation"]["old"]["trees"] == 3
-    assert report["transfer"]["mixed_trees"] == 1 and report["transfer"]["new"]["trees"] == 1
-    assert 0.0 <= report["transfer"]["old"]["terminal_pairs_per_tree"] <= 1.0
+    t = report["transfer"][str(trees)]
+    assert t["mixed_trees"] == 1 and t["new"]["trees"] == 1 and 0.0 <= t["old"]["terminal_pairs_per_tree"] <= 1.0
 
     wts = load_weights(w, verify=True)  # sha256 recorded for the new head
     assert wts.ppm_head.name == "ppm-head-test.npz" and not (w / old_head).exists()
