@@ -217,12 +217,17 @@ def selection_scores(groups: list[dict], cache, w, b) -> dict:
 def transfer_scores(groups: list[dict], cache, w, b) -> dict:
     """Terminal pair accuracy (ties half, each tree's pairs weigh the same as in the fit) and the
     selection counts on trees the head never saw, e.g. another benchmark's eval trees."""
-    acc = []
+    acc, wins = [], []
     for g in groups:
         s = np.tanh(np.stack([cache[t] for t in g["texts"]]) @ w + b)
         R, W = s[np.array(g["right"])], s[~np.array(g["right"])]
-        acc.append(float(np.mean(np.where(R[:, None] > W[None, :], 1.0, np.where(R[:, None] == W[None, :], 0.5, 0.0)))))
-    return {"terminal_pairs_per_tree": round(float(np.mean(acc)), 4) if acc else None} | selection_scores(groups, cache, w, b)
+        won = np.where(R[:, None] > W[None, :], 1.0, np.where(R[:, None] == W[None, :], 0.5, 0.0))
+        acc.append(float(won.mean()))
+        wins.extend(won.ravel().tolist())
+    # pooled over all pairs: the same figure as training.selection's "PPM ranking", so the two compare
+    return {"terminal_pairs_per_tree": round(float(np.mean(acc)), 4) if acc else None,
+            "terminal_pairs_pooled": round(float(np.mean(wins)), 4) if wins else None,
+            "pairs": len(wins)} | selection_scores(groups, cache, w, b)
 
 
 def fold_of(problem: str, folds: int, seed: int) -> int:
@@ -343,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
               " are right whatever the head does) | terminal pairs (per tree) | best terminal right | PPM-weighted vote right")
         for name in ("old", "new"):
             s = t[name]
-            print(f"{name:>14} | {s['terminal_pairs_per_tree']} | {s['top1_right']} / {s['trees']} | {s['vote_right']} / {s['trees']}")
+            print(f"{name:>14} | {s['terminal_pairs_per_tree']} (pooled {s['terminal_pairs_pooled']} of {s['pairs']})"
+                  f" | {s['top1_right']} / {s['trees']} | {s['vote_right']} / {s['trees']}")
     print(f"chosen lambda {best:g}; head -> {out / 'value_head.npz'}")
     if a.publish:
         print(f"published {publish(out / 'value_head.npz', report, Path(a.weights) if a.weights else WEIGHTS_DIR, a.publish)}")

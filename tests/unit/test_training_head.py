@@ -110,3 +110,19 @@ def test_transfer_scores_a_head_on_unseen_trees():
     flipped = transfer_scores(groups, cache, -w, -b)  # a head that ranks backwards
     assert fitted["terminal_pairs_per_tree"] > 0.85 and flipped["terminal_pairs_per_tree"] < 0.15
     assert fitted["top1_right"] >= 18 and flipped["top1_right"] <= 2
+
+
+def test_transfer_scores_pool_pairs_like_the_selection_replay():
+    # tree A: one right beats one wrong; tree B: one right loses to three wrong.
+    # Per tree that is (1 + 0) / 2 = 0.5; pooled over the 4 pairs, 1 / 4 (training.selection's figure).
+    cache = FeatureCache.__new__(FeatureCache)
+    cache.rows, cache.new, cache.every, cache.path = {}, 0, 10**9, None
+    feats = {"a1": 1.0, "a2": 0.0, "b1": 0.0, "b2": 1.0, "b3": 0.5, "b4": 0.2}
+    for t, x in feats.items():
+        cache.rows[key(t)] = np.array([x], np.float32)
+    groups = [{"problem": "A", "prompt": "", "texts": ["a1", "a2"], "right": [True, False], "group": [0, 1]},
+              {"problem": "B", "prompt": "", "texts": ["b1", "b2", "b3", "b4"], "right": [True, False, False, False],
+               "group": [0, 1, 2, 3]}]
+    s = transfer_scores(groups, cache, np.array([1.0]), 0.0)
+    assert s["terminal_pairs_per_tree"] == 0.5 and s["terminal_pairs_pooled"] == 0.25 and s["pairs"] == 4
+    assert s["top1_right"] == 1 and s["vote_right"] == 1
