@@ -16,6 +16,7 @@ resumable, and is skipped on a rerun once done (round-k/stages.json); --redo STA
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import os
@@ -406,32 +407,44 @@ def _dtype(recipe: dict) -> list:
     return ["--dtype", d] if d else []
 
 
+FIXED_KEYS = ("name", "workdir", "weights_dir")  # where rounds live: one value for all of them
+
+
 def round_recipe(recipe: dict, k: int) -> dict:
     """The recipe for round k: its `rounds: {k: {...}}` entry merged over the top-level sections
-    (nested mappings merge key by key, anything else replaces), e.g. a round that changes the
-    rollout problems. The merged recipe has no `rounds` key and lists what changed under
-    `round_overrides`."""
+    (nested mappings merge key by key, anything else replaces; `null` replaces too, e.g.
+    `practice: null` turns the practice run off), e.g. a round that changes the rollout problems.
+    Only keys the recipe already has can be overridden, so a typo fails instead of doing nothing.
+    The merged recipe has no `rounds` key and lists what changed under `round_overrides`."""
     rounds = recipe.get("rounds") or {}
     if not isinstance(rounds, dict):
         raise SystemExit("recipe: `rounds` must map a round number to overrides")
     unknown = [r for r in rounds if not str(r).isdigit()]
     if unknown:
         raise SystemExit(f"recipe: `rounds` keys must be round numbers, got {unknown}")
+    numbers = [int(r) for r in rounds]
+    if len(set(numbers)) != len(numbers):
+        raise SystemExit(f"recipe: `rounds` names a round twice: {sorted(rounds, key=str)}")
     over = next((v for r, v in rounds.items() if int(r) == k), None) or {}
     if not isinstance(over, dict):
         raise SystemExit(f"recipe: rounds.{k} must be a mapping of overrides")
-    bad = sorted(set(over) - set(recipe) - {"rounds"})
+    known = set(recipe) - {"rounds", *FIXED_KEYS}
+    bad = sorted(set(over) - known)
     if bad:
-        raise SystemExit(f"recipe: rounds.{k} overrides unknown sections {bad}; known: {sorted(set(recipe) - {'rounds'})}")
+        raise SystemExit(f"recipe: rounds.{k} cannot override {bad}; it can override {sorted(known)}")
 
-    def merge(base, top):
+    def merge(base, top, where):
         if isinstance(base, dict) and isinstance(top, dict):
-            return {**base, **{key: merge(base.get(key), v) for key, v in top.items()}}
-        return top
+            typos = sorted(set(top) - set(base))
+            if typos:
+                raise SystemExit(f"recipe: rounds.{k}.{where} has keys the recipe's {where} lacks: {typos}; "
+                                 f"known: {sorted(base)}")
+            return {**base, **{key: merge(base[key], v, f"{where}.{key}") for key, v in top.items()}}
+        return copy.deepcopy(top)  # a copy: the written recipe.yaml then has no YAML anchors
     out = {key: v for key, v in recipe.items() if key != "rounds"}
-    out = merge(out, over)
+    out = {key: merge(v, over[key], key) if key in over else v for key, v in out.items()}
     if over:
-        out["round_overrides"] = {"round": k, **over}
+        out["round_overrides"] = {"round": k, **copy.deepcopy(over)}
     return out
 
 

@@ -42,40 +42,45 @@ LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # data: texts to embed and the pairs over them
 # ---------------------------------------------------------------------------------------------
 
+def _mixed_group(problem: str, tree: Tree, gold) -> tuple[dict | None, bool]:
+    """(the tree's row if its terminals are both right and wrong, else None; whether all are right):
+    {problem, prompt, texts, right[bool], answer group index of each terminal (equivalent answers
+    share one)}."""
+    ts = tree.terminals()
+    ok = [bool(is_correct(nd.answer, gold)) for nd in ts]
+    if not ok or all(ok) or not any(ok):
+        return None, bool(ok) and all(ok)
+    gid = {nd.id: i for i, g in enumerate(group_by_answer(ts)) for nd in g}
+    return {"problem": problem, "prompt": tree.prompt, "texts": [tree.text(nd) for nd in ts],
+            "right": ok, "group": [gid[nd.id] for nd in ts]}, False
+
+
 def terminal_groups(rollout_files: list[str]) -> list[dict]:
-    """Per tree with both right and wrong terminals: {problem, prompt, texts, right[bool], answer
-    group index of each terminal (equivalent answers share one)}."""
-    out = []
-    for f in rollout_files:
-        for r in read_rows(f):
-            tree = Tree.from_json(r["trace"])
-            ts = tree.terminals()
-            ok = [bool(is_correct(nd.answer, r["gold"])) for nd in ts]
-            if any(ok) and not all(ok):
-                gid = {nd.id: i for i, g in enumerate(group_by_answer(ts)) for nd in g}
-                out.append({"problem": str(r["id"]), "prompt": tree.prompt, "texts": [tree.text(nd) for nd in ts],
-                            "right": ok, "group": [gid[nd.id] for nd in ts]})
-    return out
+    """_mixed_group's rows of the rollout trees (training.rollouts output)."""
+    rows = (_mixed_group(str(r["id"]), Tree.from_json(r["trace"]), r["gold"])[0]
+            for f in rollout_files for r in read_rows(f))
+    return [g for g in rows if g]
 
 
 def tree_dir_groups(dirs: list[str]) -> tuple[list[dict], int]:
-    """terminal_groups' rows from tree directories written by `rstar-app eval --save-trees` (gold
-    read from each tree), plus how many graded trees had only right terminals (right whatever the
-    head does)."""
+    """_mixed_group's rows of tree directories written by `rstar-app eval --save-trees` (gold read
+    from each tree), plus how many graded trees had only right terminals (right whatever the head
+    does). A directory that is missing or holds no graded tree is an error, not an empty row."""
     out, all_right = [], 0
     for d in dirs:
+        graded = 0
         for f in sorted(Path(d).glob("*.json")):
             tree = Tree.read(f)
-            ts = tree.terminals()
-            if tree.gold is None or not ts:
+            if tree.gold is None:
                 continue
-            ok = [bool(is_correct(nd.answer, tree.gold)) for nd in ts]
-            if all(ok):
-                all_right += 1
-            elif any(ok):
-                gid = {nd.id: i for i, g in enumerate(group_by_answer(ts)) for nd in g}
-                out.append({"problem": f"{d}:{f.stem}", "prompt": tree.prompt, "texts": [tree.text(nd) for nd in ts],
-                            "right": ok, "group": [gid[nd.id] for nd in ts]})
+            graded += 1
+            row, right = _mixed_group(f"{d}:{f.stem}", tree, tree.gold)
+            all_right += right
+            if row:
+                out.append(row)
+        if not graded:
+            raise SystemExit(f"error: {d} holds no search tree with a gold answer "
+                             "(expected a directory written by `rstar-app eval --save-trees`)")
     return out, all_right
 
 
@@ -272,7 +277,7 @@ def publish(head: Path, report: dict, weights_dir: Path, name: str) -> Path:
     ppm["head"], ppm["sha256"]["head"] = name, sha256(dst)
     ppm["made_by"] = [c for c in ppm["made_by"] if "training.head" not in c] + [report["command"]]
     ppm["head_refit"] = {k: report[k] for k in ("trees", "step_pairs", "folds", "lambda", "cross_validation",
-                                                "start_head", "rollouts", "pairs")}
+                                                "start_head", "rollouts", "pairs", "transfer") if k in report}
     atomic_write_json(mpath, m)
     if old.resolve() != dst.resolve() and old.is_file():
         old.unlink()
@@ -338,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "old": transfer_scores(gs, cache, w0, b0), "new": transfer_scores(gs, cache, w, b)}
                               for d, (gs, n_right) in transfer.items()}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nheld out ({a.folds}-fold by problem) | terminal pairs | step pairs | best terminal right"
+    print(f"\nheld out ({a.folds}-fold by problem) | terminal pairs (pooled) | step pairs | best terminal right"
           " | PPM-weighted vote right")
     for name, s in cv.items():
         print(f"{name:>14} | {s['terminal_pairs']} | {s['step_pairs']} | {s['top1_right']} / {s['trees']}"

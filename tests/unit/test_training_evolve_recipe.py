@@ -30,11 +30,27 @@ def test_round_keys_may_be_strings_as_yaml_quotes_them():
     assert round_recipe({"sft": {"lr": 1}, "rounds": {"2": {"sft": {"lr": 2}}}}, 2)["sft"]["lr"] == 2
 
 
-@pytest.mark.parametrize("rounds, msg", [({"four": {}}, "round numbers"), ({4: {"spelling": {}}}, "unknown sections"),
-                                         ({4: [1]}, "mapping"), ([1], "must map")])
+@pytest.mark.parametrize("rounds, msg", [
+    ({"four": {}}, "round numbers"), ({4: [1]}, "mapping"), ([1], "must map"),
+    ({4: {"spelling": {}}}, r"cannot override \['spelling'\]"),
+    ({4: {"sft": {"lrr": 2}}}, r"rounds.4.sft has keys the recipe's sft lacks: \['lrr'\]"),  # a typo does nothing otherwise
+    ({4: {"rounds": {5: {}}}}, "cannot override"),
+    ({4: {"workdir": "elsewhere"}}, "cannot override"),  # round k-1 would not be found next to round k
+    ({4: {}, "4": {}}, "names a round twice")])
 def test_bad_rounds_section_is_refused_with_its_reason(rounds, msg):
     with pytest.raises(SystemExit, match=msg):
-        round_recipe({"sft": {}, "rounds": rounds}, 4)
+        round_recipe({"sft": {"lr": 1}, "workdir": "w", "rounds": rounds}, 4)
+
+
+def test_written_round_recipe_has_no_yaml_anchors(tmp_path):
+    recipe = {"workdir": str(tmp_path / "work"), "base": "smollm2", "sft": {"targets": ["q"]},
+              "rounds": {2: {"sft": {"targets": ["q", "v"]}}}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    r2 = Round(str(path), 2, weights_dir=str(tmp_path / "w"))
+    text = open(r2.recipe_path).read()
+    assert "&id" not in text and "*id" not in text
+    assert yaml.safe_load(text)["sft"]["targets"] == ["q", "v"]
 
 
 def test_round_hands_its_stages_the_merged_recipe_file(tmp_path):
@@ -45,3 +61,13 @@ def test_round_hands_its_stages_the_merged_recipe_file(tmp_path):
     written = yaml.safe_load(open(r4.recipe_path))
     assert written["rollouts"]["max_calc_steps"] == 2 and "rounds" not in written
     assert Round(str(path), 3, weights_dir=str(tmp_path / "w")).recipe_path == str(path)
+
+
+def test_round_rollouts_stage_runs_with_the_merged_recipe(tmp_path, capsys):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, "workdir": str(tmp_path / "work"), "base": "smollm2",
+                                    "problems": str(tmp_path / "train.jsonl")}))
+    Round(str(path), 4, weights_dir=str(tmp_path / "w"), dry_run=True).stage_rollouts()
+    cmds = [ln for ln in capsys.readouterr().out.splitlines() if "training.rollouts" in ln]
+    assert len(cmds) == 1  # practice: null in round 4, so no practice run first
+    assert "round-4/recipe.yaml" in cmds[0] and "--max-calc-steps 2" in cmds[0] and "--limit 10" in cmds[0]

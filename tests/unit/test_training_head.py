@@ -100,6 +100,13 @@ def test_tree_dir_groups_read_eval_trees_and_count_the_all_right_ones(tmp_path):
     assert all_right == 1  # b; c is all wrong, d has no terminal
 
 
+def test_tree_dir_groups_refuse_a_directory_without_graded_trees(tmp_path):
+    (tmp_path / "empty.trees").mkdir()
+    for d in (tmp_path / "empty.trees", tmp_path / "typo.trees"):  # a mistyped path must not read as "0 trees"
+        with pytest.raises(SystemExit, match="no search tree with a gold answer"):
+            tree_dir_groups([str(d)])
+
+
 def test_transfer_scores_a_head_on_unseen_trees():
     groups, cache = _synthetic(20, 6, np.random.default_rng(3))
     zero = transfer_scores(groups, cache, np.zeros(6), 0.0)
