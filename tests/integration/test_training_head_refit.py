@@ -36,10 +36,12 @@ def test_refit_head_is_published_and_loads_in_the_engine_ppm(tmp_path):
     w = tmp_path / "weights"
     shutil.copytree(WEIGHTS_DIR, w, ignore=shutil.ignore_patterns("*.pyc"))
     f = tmp_path / "rollouts.jsonl"
-    f.write_text("".join(json.dumps(r) + "\n" for r in _mixed_rows(3)))
-    trees = tmp_path / "eval.trees"  # one of them as `rstar-app eval --save-trees` writes it: the transfer check
+    rows = _mixed_rows(4)
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    trees = tmp_path / "eval.trees"  # a fourth, never fitted on, as `rstar-app eval --save-trees` writes it
     trees.mkdir()
-    (trees / "p0.json").write_text(json.dumps(_mixed_rows(1)[0]["trace"]))
+    (trees / "p0.json").write_text(json.dumps(rows[3]["trace"]))
+    ok = [is_correct(nd.answer, rows[3]["gold"]) for nd in Tree.from_json(rows[3]["trace"]).terminals()]
     out = tmp_path / "head"
     old_head = load_weights(w).ppm_head.name
     rc = head.main(["--rollouts", str(f), "--out", str(out), "--weights", str(w), "--folds", "3",
@@ -50,11 +52,13 @@ def test_refit_head_is_published_and_loads_in_the_engine_ppm(tmp_path):
     assert report["cross_validation"]["old"]["trees"] == 3
     t = report["transfer"][str(trees)]
     assert t["mixed_trees"] == 1 and t["new"]["trees"] == 1 and 0.0 <= t["old"]["terminal_pairs_per_tree"] <= 1.0
+    assert t["old"]["pairs"] == sum(ok) * (len(ok) - sum(ok))  # every (right, wrong) terminal pair of that tree
 
     wts = load_weights(w, verify=True)  # sha256 recorded for the new head
     assert wts.ppm_head.name == "ppm-head-test.npz" and not (w / old_head).exists()
     m = json.loads((w / "manifest.json").read_text())
     assert m["ppm"]["sha256"]["head"] == sha256(wts.ppm_head) and "training.head" in m["ppm"]["made_by"][-1]
+    assert m["ppm"]["head_refit"]["transfer"] == report["transfer"]
 
     # the cached features are the engine PPM's own: its score is tanh(w . h + b) of them
     from rstar_app.models.llama_cpp import LlamaPPM
