@@ -200,12 +200,19 @@ class Round:
                         seen.append(cmd)
         return seen
 
-    def stage_extract(self) -> None:
+    def bootstrap(self, stage: str) -> Path:
+        """The bootstrap trajectories, rebuilt when missing (training/data/ is not committed: a fresh
+        clone makes them again, deterministically, in about a minute), so a round never silently
+        trains without the replay mix or the synthetic pairs its recipe asks for."""
         boot = _abs(self.recipe.get("bootstrap") or "training/data/bootstrap_gsm8k.jsonl")
+        if not boot.exists():
+            self.run(stage, "bootstrap", ["--out", boot])
+        return boot
+
+    def stage_extract(self) -> None:
         sft_data = self.dir / "sft_data.jsonl"
         if self.k == 1:
-            if not boot.exists() and not self.dry_run:
-                raise SystemExit(f"{boot} is missing: run `python -m training.bootstrap` first")
+            boot = self.bootstrap("extract")
             if not self.dry_run:
                 shutil.copyfile(boot, sft_data)
                 self.mark("extract", sft_data=str(sft_data), sources=[str(boot)], sft=len(read_jsonl(sft_data)), pairs=0)
@@ -225,7 +232,8 @@ class Round:
         # or as a seeded replay sample of N rows (an int), so a continued policy does not forget it
         rows = rows * max(1, int(self.evo.get("sft_extracted_repeat", 1)))
         mix = self.evo.get("sft_mix_bootstrap", True)
-        if mix and boot.exists():
+        if mix:
+            boot = self.bootstrap("extract")
             boot_rows = read_jsonl(boot)
             if mix is not True:
                 boot_rows = random.Random(self.k).sample(boot_rows, min(int(mix), len(boot_rows)))
@@ -266,7 +274,7 @@ class Round:
         if n_syn:  # training-only supplement (training/negatives.py), regenerated from its seed
             extra.append(self.dir / "pairs_synthetic.jsonl")
             cmds.append(self.run("ppm", "negatives", [
-                "--trajectories", _abs(self.recipe.get("bootstrap") or "training/data/bootstrap_gsm8k.jsonl"),
+                "--trajectories", self.bootstrap("ppm"),
                 "--n", n_syn, "--seed", self.k, "--out", extra[-1]]))
         if self.evo.get("ppm_synthetic_on_policy") and (self.dir / "sft_extracted.jsonl").exists():
             # the same slips in this round's own correct trajectories (the policy's wording and problem

@@ -71,3 +71,18 @@ def test_round_rollouts_stage_runs_with_the_merged_recipe(tmp_path, capsys):
     cmds = [ln for ln in capsys.readouterr().out.splitlines() if "training.rollouts" in ln]
     assert len(cmds) == 1  # practice: null in round 4, so no practice run first
     assert "round-4/recipe.yaml" in cmds[0] and "--max-calc-steps 2" in cmds[0] and "--limit 10" in cmds[0]
+
+
+def test_missing_bootstrap_is_rebuilt_not_skipped(tmp_path, capsys):
+    # training/data/ is not committed: a fresh clone resuming round k must rebuild the replay set,
+    # not train without it (round 4 of cpu-small once did, silently)
+    boot = tmp_path / "data" / "bootstrap.jsonl"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, "workdir": str(tmp_path / "work"), "base": "smollm2", "bootstrap": str(boot)}))
+    r = Round(str(path), 4, weights_dir=str(tmp_path / "w"), dry_run=True)
+    assert r.bootstrap("extract") == boot
+    assert f"training.bootstrap --out {boot}" in capsys.readouterr().out
+    boot.parent.mkdir()
+    boot.write_text("")
+    r.bootstrap("extract")
+    assert "training.bootstrap" not in capsys.readouterr().out  # present: used as is
