@@ -193,12 +193,16 @@ def fit(Hp, Hn, wt, w0, b0, lam: float, iters: int = 400, lr: float = 0.05) -> t
     return w, float(c - w @ mu)
 
 
+def pair_wins(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """1 where the positive scores higher, 0.5 on a tie, 0 where it loses (broadcast like pos > neg)."""
+    return np.where(pos > neg, 1.0, np.where(pos == neg, 0.5, 0.0))
+
+
 def held_out_scores(groups, Hp, Hn, term, prob, w, b, test: set[str], cache) -> dict:
     """On the test problems: terminal and step pair accuracy (over pairs, ties half), and in how many
     trees the best-scored terminal / the PPM-weighted vote picks a right answer."""
     sel = np.isin(prob, list(test))
-    sp, sn = np.tanh(Hp @ w + b), np.tanh(Hn @ w + b)
-    hit = np.where(sp > sn, 1.0, np.where(sp == sn, 0.5, 0.0))
+    hit = pair_wins(np.tanh(Hp @ w + b), np.tanh(Hn @ w + b))
     out = {}
     for name, mask in (("terminal_pairs", sel & term), ("step_pairs", sel & ~term)):
         out[name] = float(hit[mask].mean()) if mask.any() else None
@@ -226,7 +230,7 @@ def transfer_scores(groups: list[dict], cache, w, b) -> dict:
     for g in groups:
         s = np.tanh(np.stack([cache[t] for t in g["texts"]]) @ w + b)
         R, W = s[np.array(g["right"])], s[~np.array(g["right"])]
-        won = np.where(R[:, None] > W[None, :], 1.0, np.where(R[:, None] == W[None, :], 0.5, 0.0))
+        won = pair_wins(R[:, None], W[None, :])  # (|R|, |W|): every (right, wrong) pair of the tree
         acc.append(float(won.mean()))
         wins.extend(won.ravel().tolist())
     # pooled over all pairs: the same figure as training.selection's "PPM ranking", so the two compare

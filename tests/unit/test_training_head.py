@@ -32,11 +32,17 @@ def test_terminal_groups_keep_only_trees_with_right_and_wrong_terminals(tmp_path
         assert text.startswith("prompt a\n") and f"print({ans})" in text and f"<answer>\\boxed{{{ans}}}" in text
 
 
+def _memory_cache() -> FeatureCache:
+    """A FeatureCache that never touches disk."""
+    cache = FeatureCache.__new__(FeatureCache)
+    cache.rows, cache.new, cache.every, cache.path = {}, 0, 10**9, None
+    return cache
+
+
 def _synthetic(n_trees: int, d: int, rng):
     """Trees whose right terminals sit along a hidden direction u; texts are their own keys."""
     u = rng.normal(size=d)
-    groups, cache = [], FeatureCache.__new__(FeatureCache)
-    cache.rows, cache.new, cache.every, cache.path = {}, 0, 10**9, None
+    groups, cache = [], _memory_cache()
     for i in range(n_trees):
         right = [True, False, False, True, False]
         texts = [f"t{i}-{j}" for j in range(len(right))]
@@ -122,8 +128,7 @@ def test_transfer_scores_a_head_on_unseen_trees():
 def test_transfer_scores_pool_pairs_like_the_selection_replay():
     # tree A: one right beats one wrong; tree B: one right loses to three wrong.
     # Per tree that is (1 + 0) / 2 = 0.5; pooled over the 4 pairs, 1 / 4 (training.selection's figure).
-    cache = FeatureCache.__new__(FeatureCache)
-    cache.rows, cache.new, cache.every, cache.path = {}, 0, 10**9, None
+    cache = _memory_cache()
     feats = {"a1": 1.0, "a2": 0.0, "b1": 0.0, "b2": 1.0, "b3": 0.5, "b4": 0.2}
     for t, x in feats.items():
         cache.rows[key(t)] = np.array([x], np.float32)
