@@ -6,6 +6,7 @@ same models, prompt and search code.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Callable
@@ -17,13 +18,16 @@ from .weights import Weights, load_weights
 
 class Engine:
     """Models + sandbox, loaded once. Thread-safe: searches are serialised on one lock (one model
-    in memory, one search at a time; the web app queues in front of it)."""
+    in memory, one search at a time; the web app queues in front of it), unless `concurrent`:
+    then the models are thread-safe themselves (models.batching over the torch backend) and
+    searches run side by side."""
 
     def __init__(self, *, policy, ppm=None, executor, few_shot: bool = False, description: str = "",
-                 weights: Weights | None = None) -> None:
+                 weights: Weights | None = None, concurrent: bool = False) -> None:
         self.policy, self.ppm, self.executor = policy, ppm, executor
         self.few_shot, self.description, self.weights = few_shot, description, weights
         self.lock = threading.Lock()
+        self.concurrent = concurrent
 
     @classmethod
     def load(
@@ -83,7 +87,7 @@ class Engine:
         from .search import run
         from .steps import clean_problem
         clean_problem(problem)  # refuse bad input before waiting for the lock
-        with self.lock:
+        with contextlib.nullcontext() if self.concurrent else self.lock:
             tree = run(problem, policy=self.policy, ppm=self.ppm, executor=self.executor, config=config,
                        few_shot=self.few_shot, gold=gold, on_event=on_event, should_stop=should_stop)
         tree.meta["engine"] = self.description

@@ -9,8 +9,10 @@
 # BASE, DATA_JSONL and the wheel argument are as for training/gpu_sft.sh (which this calls: the base
 # may be a quoted glob of split parts, since one device call carries at most 64 MiB). Env:
 # STEPS (SFT optimiser steps, 60), BATCH (32), PROBLEMS (practice problems for rollouts, 24),
-# ROLLOUTS (8), CANDIDATES (4), SHARDS (rollout processes side by side, 2), STEP_TOKENS (160), DEVICE (cuda; cpu runs
-# the same path slowly, as the CI test does with a tiny model), PY, WORK.
+# ROLLOUTS (8), CANDIDATES (4), SHARDS (rollout processes side by side, 1), PARALLEL (problems each
+# process searches at once, their policy calls batched on the GPU, 24), SANDBOX (sandbox workers per
+# process, 8), STEP_TOKENS (160), DEVICE (cuda; cpu runs the same path slowly, as the CI test does
+# with a tiny model), PY, WORK.
 #
 # Run on the device (two calls, because the 98 MB base is split in two parts):
 #   split -n 2 -d BASE_GGUF .gpu/a/basepart_ ... (see training/README.md, "GPU check")
@@ -26,7 +28,9 @@ STEPS=${STEPS:-60}
 PROBLEMS=${PROBLEMS:-24}
 ROLLOUTS=${ROLLOUTS:-8}
 CANDIDATES=${CANDIDATES:-4}
-SHARDS=${SHARDS:-2}
+SHARDS=${SHARDS:-1}
+PARALLEL=${PARALLEL:-24}
+SANDBOX=${SANDBOX:-8}
 DEVICE=${DEVICE:-cuda}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT" "$WORK"
@@ -45,7 +49,7 @@ grep -q "^SUMMARY" "$OUT/sft.log" || { echo "CHECK sft+export FAIL"; exit 1; }
 echo "CHECK sft+export ok ($((SECONDS - T0)) s)"
 [ -e "$BASE" ] || BASE="$WORK/base.gguf"   # gpu_sft.sh reassembled the parts here
 
-# 3. a batch of rollouts on the device with the fresh adapter, SHARDS processes sharing it
+# 3. a batch of rollouts on the device with the fresh adapter: SHARDS processes, PARALLEL searches each
 T1=$SECONDS
 "$PY" -m training.practice --n "$PROBLEMS" --seed 0 --out "$WORK/practice.jsonl" >/dev/null
 rm -f "$OUT"/rollouts.shard*.jsonl
@@ -54,7 +58,7 @@ for ((i = 0; i < SHARDS; i++)); do
   "$PY" -m training.rollouts --problems "$WORK/practice.jsonl" --out "$OUT/rollouts.shard$i.jsonl" \
     --base "$BASE" --policy-adapter "$OUT/adapter" --backend torch --device "$DEVICE" --dtype auto \
     --shard "$i/$SHARDS" --rollouts "$ROLLOUTS" --candidates "$CANDIDATES" --max-step-tokens "${STEP_TOKENS:-160}" \
-    --time-limit 120 --n-ctx 2048 --no-progress > "$OUT/rollouts.$i.log" 2>&1 &
+    --parallel "$PARALLEL" --sandbox-workers "$SANDBOX" --time-limit 120 --n-ctx 2048 --no-progress > "$OUT/rollouts.$i.log" 2>&1 &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p" || { tail -20 "$OUT"/rollouts.*.log; echo "CHECK rollouts FAIL"; exit 1; }; done
@@ -74,9 +78,14 @@ err = [r for r in rows if "error" in r]
 tokens = sum(r["trace"]["meta"].get("stats", {}).get("tokens", 0) for r in rows if "trace" in r)
 solved = sum(bool(r.get("solved")) for r in rows)
 ex = json.loads((out / "extract.json").read_text() or "{}")
+logs = [json.loads(p.read_text().strip().splitlines()[-1]) for p in sorted(out.glob("rollouts.*.log"))]
+b = [s.get("batches", {}) for s in logs]
+rows_per_batch = sum(x.get("rows", 0) for x in b) / max(sum(x.get("batches", 0) for x in b), 1)
+cut = sum(r["trace"]["meta"].get("stopped") == "time limit" for r in rows if "trace" in r)
 print(f"CHECK rollouts {'ok' if rows and not err else 'FAIL'}: {len(rows)} problems, {len(err)} errors, "
-      f"{solved} solved, {tokens:,} tokens in {t_roll:.0f} s ({tokens / max(t_roll, 1e-9):,.0f} tok/s over all shards)")
+      f"{solved} solved, {tokens:,} tokens in {t_roll:.0f} s ({tokens / max(t_roll, 1e-9):,.0f} tok/s over all shards), "
+      f"{rows_per_batch:.1f} rows per policy batch, {cut} searches cut by the time limit")
 print(f"SUMMARY rollouts={len(rows)} errors={len(err)} solved={solved} tokens={tokens} rollout_s={t_roll:.0f} "
-      f"extract={json.dumps(ex, sort_keys=True)} total_wall_s={total}")
+      f"rows_per_batch={rows_per_batch:.1f} time_limit_cut={cut} extract={json.dumps(ex, sort_keys=True)} total_wall_s={total}")
 sys.exit(1 if err or not rows else 0)
 EOF

@@ -12,6 +12,7 @@ N-th problem starting at i, so N processes can share a problem set (separate out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import signal
@@ -100,8 +101,11 @@ def _progress(total: int, initial: int):
 
 
 def run_rollouts(problems: Iterable[dict], solve: Callable[[dict], "object"], out: str | Path, *,
-                 progress: bool = True, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Solve every problem not yet in `out` and append its row. `solve(problem) -> Tree`."""
+                 progress: bool = True, should_stop: Callable[[], bool] | None = None,
+                 parallel: int = 1) -> dict:
+    """Solve every problem not yet in `out` and append its row. `solve(problem) -> Tree`.
+    parallel > 1 runs that many problems at once in threads (solve must be thread-safe); rows
+    are appended in the order problems finish, so a resumed run is still exact."""
     from rstar_app.grading import is_correct
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,29 +115,24 @@ def run_rollouts(problems: Iterable[dict], solve: Callable[[dict], "object"], ou
     stats = {"total": len(problems), "skipped_done": len(problems) - len(todo), "ran": 0, "solved": 0,
              "correct_answer": 0, "errors": 0, "seconds": 0.0}
     bar = _progress(len(problems), len(problems) - len(todo)) if progress else None
+    stopped = should_stop or (lambda: False)
+    finished = _in_threads(solve, todo, parallel, stopped) if parallel > 1 else (
+        _attempt(solve, p) for p in todo if not stopped())
     t_all = time.time()
     with open(out, "a", encoding="utf-8") as f:
-        for prob in todo:
-            if should_stop is not None and should_stop():
-                break
-            t0 = time.time()
-            try:
-                tree = solve(prob)
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # noqa: BLE001  # one bad problem must not end a long run
+        for prob, seconds, tree, error in finished:
+            head = {"id": prob["id"], "question": prob["question"], "gold": prob["gold"]}
+            if error is not None:  # one bad problem must not end a long run
                 stats["errors"] += 1
-                append_row(f, {"id": prob["id"], "question": prob["question"], "gold": prob["gold"],
-                               "error": f"{type(e).__name__}: {e}"[:500], "seconds": round(time.time() - t0, 3)})
+                append_row(f, {**head, "error": error, "seconds": seconds})
                 continue
             trace = tree.to_json()
             trace["events"] = []  # replay events are not needed for training and triple the size
             trace.setdefault("meta", {})["id"] = prob["id"]
             solved = any(nd.correct for nd in tree.terminals())
             correct = bool(tree.answer is not None and is_correct(tree.answer, prob["gold"]))
-            append_row(f, {"id": prob["id"], "question": prob["question"], "gold": prob["gold"],
-                           "answer": tree.answer, "correct": correct, "solved": solved,
-                           "seconds": round(time.time() - t0, 3), "trace": trace})
+            append_row(f, {**head, "answer": tree.answer, "correct": correct, "solved": solved,
+                           "seconds": seconds, "trace": trace})
             stats["ran"] += 1
             stats["solved"] += solved
             stats["correct_answer"] += correct
@@ -144,6 +143,35 @@ def run_rollouts(problems: Iterable[dict], solve: Callable[[dict], "object"], ou
         bar.close()
     stats["seconds"] = round(time.time() - t_all, 1)
     return stats
+
+
+def _attempt(solve: Callable[[dict], "object"], prob: dict) -> tuple[dict, float, object, str | None]:
+    """(problem, seconds, tree or None, error message or None)."""
+    t0 = time.time()
+    try:
+        tree, error = solve(prob), None
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001
+        tree, error = None, f"{type(e).__name__}: {e}"[:500]
+    return prob, round(time.time() - t0, 3), tree, error
+
+
+def _in_threads(solve, todo: list[dict], parallel: int, stopped: Callable[[], bool]):
+    """_attempt results in finishing order, at most `parallel` problems in flight; once `stopped()`
+    no new problem starts and the ones in flight finish."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    queue = iter(todo)
+    with ThreadPoolExecutor(parallel, thread_name_prefix="rollout") as pool:
+        running: set = set()
+        while True:
+            while len(running) < parallel and not stopped() and (prob := next(queue, None)) is not None:
+                running.add(pool.submit(_attempt, solve, prob))
+            if not running:
+                return
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                yield fut.result()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,6 +219,9 @@ def _torch_engine(args: argparse.Namespace, base, use_ppm: bool):
     k = max(8, args.candidates or 0)
     pol = peft_dir(args.policy_adapter, "policy")
     policy = TorchPolicy(base, adapter=pol, device=args.device, dtype=args.dtype, max_candidates=k, n_ctx=args.n_ctx)
+    if args.parallel > 1:
+        from rstar_app.models.batching import BatchingPolicy
+        policy = BatchingPolicy(policy)
     ppm = None
     if use_ppm:
         stacked = bool(args.ppm_adapter) and not Path(args.ppm_adapter).is_dir()
@@ -198,7 +229,8 @@ def _torch_engine(args: argparse.Namespace, base, use_ppm: bool):
                        ppm_adapter=peft_dir(args.ppm_adapter, "ppm"), device=args.device, dtype=args.dtype,
                        max_candidates=k)
     return Engine(policy=policy, ppm=ppm, executor=Sandbox(workers=args.sandbox_workers), few_shot=args.few_shot,
-                  description=f"policy {policy.name}" + (f", {ppm.name}" if ppm else ", no PPM"))
+                  description=f"policy {policy.name}" + (f", {ppm.name}" if ppm else ", no PPM"),
+                  concurrent=args.parallel > 1)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -231,8 +263,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto", help="torch backend: cuda / cpu / auto")
     ap.add_argument("--dtype", default="auto", help="torch backend: bfloat16 / float32 / auto")
     ap.add_argument("--sandbox-workers", type=int, default=1, help="torch backend: sandbox processes")
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="torch backend: problems searched at once, their policy calls batched on the device")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.parallel < 1 or (args.parallel > 1 and args.backend != "torch"):
+        ap.error("--parallel N > 1 needs --backend torch (llama.cpp runs one search at a time)")
 
     recipe = load_yaml(args.recipe) if args.recipe else {}
     cfg = search_config((recipe.get("rollouts") or {}).get("search"), args)
@@ -251,14 +287,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     def solve(prob):
         seed = (cfg.seed * 1_000_003 + int.from_bytes(prob["id"].encode()[-6:].rjust(6, b"\0"), "big")) % (2**31 - 1)
-        return engine.solve(prob["question"], cfg.replace(seed=seed), gold=prob["gold"])
+        client = getattr(engine.policy, "client", contextlib.nullcontext)
+        with client():
+            return engine.solve(prob["question"], cfg.replace(seed=seed), gold=prob["gold"])
 
+    front = engine.policy if args.parallel > 1 else None  # the BatchingPolicy
     try:
         stats = run_rollouts(problems, solve, args.out, progress=not args.no_progress,
-                             should_stop=lambda: stop["flag"])
+                             should_stop=lambda: stop["flag"], parallel=args.parallel)
     finally:
         engine.close()
+        if front is not None:
+            front.close()
     stats["search"] = cfg.to_dict()
+    if front is not None:
+        stats["batches"] = dict(front.batches)
     print(json.dumps(stats))
     return stats
 

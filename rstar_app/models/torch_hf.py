@@ -2,11 +2,13 @@
 recipe, bigger bases from a local HF directory) and for checking llama.cpp against torch.
 
 Same contract as llama_cpp.py: K siblings in one batch, sibling i sampled with its own seed
-(`seed + i`, a torch.Generator per row, so a row's text does not depend on its batch mates),
+(`seed + i`: a per-row uniform stream, so a row's text does not depend on its batch mates),
 samplers in llama.cpp's order (top-k -> top-p -> temperature -> draw), the same stop and rogue
-markers. What it does not do: prefix KV reuse across calls. The prefix is prefilled once per call
-as a batch of K identical rows (one forward; cheap on a GPU, and it keeps the code independent of
-transformers' cache classes).
+markers. `generate_batch` runs many calls (different prefixes, left-padded) as one batch;
+rstar_app.models.batching feeds it the concurrent calls of many searches, which is what keeps a
+GPU busy (one search's K rows leave it launch-bound). What it does not do: prefix KV reuse across
+calls; each call prefills its prefix once per row (cheap on a GPU, and it keeps the code
+independent of transformers' cache classes).
 
 Adapters are peft directories (merged into the base on load); training.rollouts converts an
 adapter GGUF back with training.export.import_lora_gguf.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -120,35 +124,58 @@ class TorchPolicy:
         self.name = name or Path(model_path).name + (f" + {Path(adapter).name}" if adapter else "") + " (torch)"
         self.stats = {"prefill_tokens": 0, "generated_tokens": 0}
         self._torch = torch
+        # one tokenizer for the batch thread and the searches' count_tokens (rollouts --parallel):
+        # a fast tokenizer toggles its own state for split_special_tokens, so calls take turns
+        self._tok_lock = threading.Lock()
         # transformers 5.x renamed forward's past_key_values to cache; 4.x only knows the old name
         self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def count_tokens(self, text: str) -> int:
-        return len(_encode(self.tok, text))
+        with self._tok_lock:
+            return len(_encode(self.tok, text))
 
     def generate(self, prefix: str, *, n: int, max_tokens: int, temperature: float, top_p: float = 0.95,
                  top_k: int = 40, seed: int = 0, stop: Sequence[str] = (),
                  greedy_first: bool = False) -> list[Candidate]:
         """n siblings in one batch; sibling i samples with seed `seed + i` (sibling 0 greedily
         with greedy_first)."""
-        if not 1 <= n <= self.max_candidates:
-            raise ValueError(f"n must be in [1, {self.max_candidates}]")
+        return self.generate_batch([GenRequest(prefix, n=n, max_tokens=max_tokens, temperature=temperature,
+                                               top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop),
+                                               greedy_first=greedy_first)])[0]
+
+    def generate_batch(self, requests: Sequence["GenRequest"]) -> list[list[Candidate]]:
+        """Many generate() calls (different prefixes) as one left-padded batch: one forward per
+        token for all rows, one host sync per token. Row text depends only on its own request
+        and seed, not on its batch mates (up to float rounding of padded attention)."""
         torch = self._torch
-        toks = _encode(self.tok, prefix)
-        if not toks:
-            raise ValueError("empty prefix")
-        max_tokens = min(max_tokens, self.n_ctx - len(toks))
-        temps = sibling_temperatures(n, temperature, greedy_first)
-        gens = [torch.Generator(device=self.device).manual_seed(int(seed + i) % 2**63) for i in range(n)]
-        out_tok: list[list[int]] = [[] for _ in range(n)]
-        result: list[Candidate | None] = [None] * n
-        ids = torch.tensor([toks] * n, device=self.device)
+        rows = []  # (request index, prompt tokens, temperature, seed, token limit)
+        for q, r in enumerate(requests):
+            if not 1 <= r.n <= self.max_candidates:
+                raise ValueError(f"n must be in [1, {self.max_candidates}]")
+            with self._tok_lock:
+                toks = _encode(self.tok, r.prefix)
+            if not toks:
+                raise ValueError("empty prefix")
+            limit = max(min(r.max_tokens, self.n_ctx - len(toks)), 0)
+            for i, t in enumerate(sibling_temperatures(r.n, r.temperature, r.greedy_first)):
+                rows.append((q, toks, t, r.seed + i, limit))
+        R, dev = len(rows), self.device
+        width, steps = max(len(x[1]) for x in rows), max(x[4] for x in rows)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(x[1])) + x[1] for x in rows], device=dev)
+        att = torch.tensor([[0] * (width - len(x[1])) + [1] * len(x[1]) for x in rows], device=dev)
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        samp = _RowSampler([x[2] for x in rows], [requests[x[0]].top_p for x in rows],
+                           [requests[x[0]].top_k for x in rows], [x[3] for x in rows],
+                           [requests[x[0]].max_tokens for x in rows], steps, dev)
+        out_tok: list[list[int]] = [[] for _ in range(R)]
+        result: list[Candidate | None] = [None if x[4] > 0 else Candidate("", None, 0) for x in rows]
         with torch.inference_mode():
-            res = self.model(input_ids=ids, use_cache=True)
-            self.stats["prefill_tokens"] += len(toks)
-            past, logits = _cache_of(res), res.logits[:, -1].float()
-            for _ in range(max(max_tokens, 0)):
-                nxt = [self._sample(logits[i], temps[i], top_p, top_k, gens[i]) for i in range(n)]
+            res = self.model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
+            self.stats["prefill_tokens"] += sum(len(x[1]) for x in rows)
+            past, logits, last = _cache_of(res), res.logits[:, -1].float(), pos[:, -1:]
+            for t in range(steps):
+                nxt = samp.draw(logits, t).tolist()  # the step's only host sync
                 for i, tok in enumerate(nxt):
                     if result[i] is not None:
                         continue
@@ -157,37 +184,83 @@ class TorchPolicy:
                         continue
                     out_tok[i].append(tok)
                     text = self._text(out_tok[i])
-                    hit = first_stop(text, stop, ROGUE)
+                    hit = first_stop(text, requests[rows[i][0]].stop, ROGUE)
                     if hit is not None:
                         result[i] = Candidate(text[:hit[0]], hit[1], len(out_tok[i]))
-                    elif len(out_tok[i]) >= max_tokens:
+                    elif len(out_tok[i]) >= rows[i][4]:
                         result[i] = Candidate(text, None, len(out_tok[i]))
                 if all(r is not None for r in result):
                     break
                 # finished rows keep decoding (their tokens are ignored): one rectangular batch
-                res = self.model(input_ids=torch.tensor(nxt, device=self.device)[:, None],
-                                 use_cache=True, **{self._cache_kw: past})
+                att = torch.cat([att, att.new_ones(R, 1)], 1)
+                last = last + 1
+                res = self.model(input_ids=torch.tensor(nxt, device=dev)[:, None], attention_mask=att,
+                                 position_ids=last, use_cache=True, **{self._cache_kw: past})
                 past, logits = _cache_of(res), res.logits[:, -1].float()
         self.stats["generated_tokens"] += sum(map(len, out_tok))
-        return [r if r is not None else Candidate(self._text(out_tok[i]), None, len(out_tok[i]))
+        flat = [r if r is not None else Candidate(self._text(out_tok[i]), None, len(out_tok[i]))
                 for i, r in enumerate(result)]
+        grouped: list[list[Candidate]] = [[] for _ in requests]
+        for i, c in enumerate(flat):
+            grouped[rows[i][0]].append(c)
+        return grouped
 
     def _text(self, toks: list[int]) -> str:
-        return self.tok.decode(toks, skip_special_tokens=False).replace("\ufffd", "")
+        with self._tok_lock:
+            return self.tok.decode(toks, skip_special_tokens=False).replace("\ufffd", "")
 
-    def _sample(self, logits, temperature: float, top_p: float, top_k: int, gen) -> int:
-        """llama.cpp's chain: top-k, then top-p on the softmax at T=1, then temperature, then draw."""
-        torch = self._torch
-        if temperature <= 0:
-            return int(torch.argmax(logits))
-        k = min(top_k, logits.numel()) if top_k > 0 else logits.numel()
-        vals, idx = torch.topk(logits, k)              # sorted, descending
-        if top_p < 1.0:
-            cum = torch.softmax(vals, -1).cumsum(-1)
-            keep = int((cum < top_p).sum()) + 1         # the smallest set whose mass reaches top_p
-            vals, idx = vals[:keep], idx[:keep]
-        probs = torch.softmax(vals / temperature, -1)
-        return int(idx[torch.multinomial(probs, 1, generator=gen)])
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One Policy.generate() call, as TorchPolicy.generate_batch takes it."""
+
+    prefix: str
+    n: int
+    max_tokens: int
+    temperature: float
+    top_p: float = 0.95
+    top_k: int = 40
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    greedy_first: bool = False
+
+
+class _RowSampler:
+    """llama.cpp's sampler chain (top-k -> top-p on the softmax at T=1 -> temperature -> draw) for
+    all rows at once. Each row draws by inverse CDF from its own uniform stream: `max_tokens`
+    numbers from a CPU generator seeded with the row's seed, so its samples do not depend on the
+    batch, the device, or the stream lengths of other rows. Temperature <= 0 is argmax."""
+
+    def __init__(self, temps, top_p, top_k, seeds, lengths, steps: int, device: str):
+        import torch
+        vocab_all = [k if k > 0 else 1 << 30 for k in top_k]
+        self.k = torch.tensor(vocab_all, device=device)
+        self.kmax = max(vocab_all)
+        self.temps = torch.tensor(temps, dtype=torch.float32, device=device)
+        self.top_p = torch.tensor(top_p, dtype=torch.float32, device=device)
+        u = torch.zeros(len(seeds), max(steps, 1))
+        for i, (s, n) in enumerate(zip(seeds, lengths)):
+            g = torch.Generator().manual_seed(int(s) % 2**63)
+            draw = torch.rand(max(int(n), 1), generator=g)[:steps]
+            u[i, :draw.numel()] = draw
+        self.u = u.to(device)
+
+    def draw(self, logits, t: int):
+        """[R, V] float logits -> [R] token ids."""
+        import torch
+        kmax = min(self.kmax, logits.shape[-1])
+        vals, idx = torch.topk(logits, kmax, dim=-1)                 # [R, kmax], sorted descending
+        keep = torch.arange(kmax, device=logits.device)[None] < self.k[:, None]
+        vals = vals.masked_fill(~keep, float("-inf"))
+        p = torch.softmax(vals, -1)
+        before = p.cumsum(-1) - p                                    # mass strictly above each entry
+        keep &= (before < self.top_p[:, None]) | (self.top_p[:, None] >= 1.0)
+        probs = torch.softmax(vals.masked_fill(~keep, float("-inf")) / self.temps.clamp(min=1e-6)[:, None], -1)
+        cdf = probs.cumsum(-1)
+        target = (self.u[:, t] * cdf[:, -1])[:, None].contiguous()
+        j = torch.searchsorted(cdf.contiguous(), target).clamp(max=kmax - 1)
+        drawn = idx.gather(1, j).squeeze(1)
+        return torch.where(self.temps <= 0, logits.argmax(-1), drawn)
 
 
 class TorchPPM:
@@ -216,6 +289,7 @@ class TorchPPM:
             raise ValueError(f"PPM head {head_path} has width {w.shape[0]}, model has {model.config.hidden_size}")
         self.w, self.b = torch.tensor(w, device=self.device), b
         self.max_candidates = max_candidates
+        self._lock = threading.Lock()  # concurrent searches (rollouts --parallel) share one model
         self.name = name or f"PPM {Path(ppm_adapter).name if ppm_adapter else Path(model_path).name} (torch)"
         self._torch = torch
 
@@ -228,7 +302,7 @@ class TorchPPM:
             width = max(map(len, seqs))
             ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs], device=self.device)
             att = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=self.device)
-            with torch.inference_mode():
+            with self._lock, torch.inference_mode():
                 h = self.backbone(input_ids=ids, attention_mask=att).last_hidden_state
                 h_last = h[torch.arange(len(seqs), device=self.device), att.sum(1) - 1].float()
                 out += torch.tanh(h_last @ self.w + self.b).tolist()

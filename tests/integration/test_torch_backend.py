@@ -15,7 +15,8 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("gguf")
 
-from rstar_app.models.torch_hf import TorchPolicy, TorchPPM  # noqa: E402
+from rstar_app.models.batching import BatchingPolicy  # noqa: E402
+from rstar_app.models.torch_hf import GenRequest, TorchPolicy, TorchPPM  # noqa: E402
 from rstar_app.steps import STOP  # noqa: E402
 from rstar_app.steps import build_prompt  # noqa: E402
 from training.common import base_gguf_path  # noqa: E402
@@ -78,6 +79,68 @@ def test_torch_greedy_first_replaces_only_sibling_zero_with_the_greedy_step(tiny
     assert mixed[0] == greedy and mixed[1:] == plain[1:]
 
 
+def _requests() -> list[GenRequest]:
+    """Calls of different searches: prefixes of different lengths, samplers and sibling counts."""
+    long = build_prompt("A farm has 12 cows and 3 times as many hens. Each hen lays 2 eggs a day. "
+                        "How many eggs do the hens lay in a week?")
+    kw = dict(max_tokens=12, stop=tuple(STOP))
+    return [GenRequest(build_prompt(PROBLEM), n=3, temperature=1.0, seed=10, **kw),
+            GenRequest(long, n=2, temperature=0.7, top_p=0.9, top_k=20, seed=3, **kw),
+            GenRequest(long + "# The hens\nhens = 12 * 3\n", n=1, temperature=0.0, seed=0, **kw),
+            GenRequest(build_prompt(PROBLEM), n=2, temperature=1.0, seed=99, greedy_first=True,
+                       **{**kw, "max_tokens": 5})]
+
+
+def _alone(p, r: GenRequest):
+    return p.generate(r.prefix, n=r.n, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
+                      top_k=r.top_k, seed=r.seed, stop=r.stop, greedy_first=r.greedy_first)
+
+
+def test_torch_generate_batch_of_different_prefixes_equals_each_call_alone(tiny):
+    p = TorchPolicy(tiny, device="cpu", dtype="float32", max_candidates=4)
+    reqs = _requests()
+    batch = p.generate_batch(reqs)
+    assert [len(b) for b in batch] == [r.n for r in reqs]
+    assert batch == [_alone(p, r) for r in reqs]  # left padding and batch mates change nothing
+    assert all(c.tokens <= 5 for c in batch[3])
+
+
+def test_batching_policy_runs_concurrent_searches_calls_as_shared_batches(tiny):
+    import threading
+    p = TorchPolicy(tiny, device="cpu", dtype="float32", max_candidates=4)
+    reqs = _requests()
+    want = [_alone(p, r) for r in reqs]
+    front = BatchingPolicy(p, max_wait=5.0)
+    got: dict[int, list] = {}
+    everyone_in = threading.Barrier(len(reqs))
+
+    def search(i: int) -> None:
+        with front.client():
+            everyone_in.wait()  # all clients registered before the first call
+            got[i] = _alone(front, reqs[i])
+            got[i] = got[i] + _alone(front, reqs[i])  # a second call, as a search's next expansion
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    front.close()
+    assert [got[i] for i in range(len(reqs))] == [w + w for w in want]
+    # lockstep: 8 calls from 4 clients in 2 batches of 4 (the clients all wait before max_wait)
+    assert front.batches == {"batches": 2, "requests": 8, "rows": 16}
+    with pytest.raises(RuntimeError, match="closed"):
+        _alone(front, reqs[0])
+
+
+def test_batching_policy_hands_a_backend_error_to_its_callers(tiny):
+    front = BatchingPolicy(TorchPolicy(tiny, device="cpu", dtype="float32", max_candidates=2))
+    with pytest.raises(ValueError, match="empty prefix"):
+        front.generate("", n=1, max_tokens=4, temperature=0.0)
+    assert front.generate(build_prompt(PROBLEM), n=1, max_tokens=3, temperature=0.0)[0].tokens > 0
+    front.close()
+
+
 def test_torch_ppm_scores_match_llama_ppm_with_the_same_head(tmp_path):
     from rstar_app.models.llama_cpp import LlamaPPM
     rng = np.random.default_rng(0)
@@ -102,13 +165,17 @@ def test_gpu_check_script_runs_end_to_end_on_cpu_with_the_tiny_model(tiny, tmp_p
     data.write_text("".join(json.dumps(r) + "\n" for r in trajectories))
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PY=sys.executable, WORK=str(tmp_path / "work"), DEVICE="cpu",
-               STEPS="2", BATCH="2", PROBLEMS="2", ROLLOUTS="2", CANDIDATES="2", SHARDS="2", STEP_TOKENS="24",
+               STEPS="2", BATCH="2", PROBLEMS="4", ROLLOUTS="2", CANDIDATES="2", SHARDS="2", PARALLEL="2", STEP_TOKENS="24",
                SEQ="512", EXTRA_SFT_ARGS="--threads 1 --eval-size 2")
     r = subprocess.run(["bash", "training/gpu_check.sh", str(tiny), str(data)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "CHECK sft+export ok" in r.stdout and "CHECK rollouts ok" in r.stdout
     summary = [l for l in r.stdout.splitlines() if l.startswith("SUMMARY rollouts=")]
-    assert summary and "rollouts=2 errors=0" in summary[0]
+    assert summary and "rollouts=4 errors=0" in summary[0]
     assert (out / "policy-sft.gguf").stat().st_size > 0
-    assert len((out / "rollouts.jsonl").read_text().splitlines()) == 2
+    assert len((out / "rollouts.jsonl").read_text().splitlines()) == 4
+    # each shard searched its problems through the batching front (how full its batches are
+    # depends on thread timing; test_batching_policy_* pins the lockstep)
+    shard_stats = [json.loads((out / f"rollouts.{i}.log").read_text().strip().splitlines()[-1]) for i in (0, 1)]
+    assert all(s["ran"] == 2 and s["batches"]["requests"] >= 2 for s in shard_stats), shard_stats

@@ -67,6 +67,47 @@ def test_should_stop_ends_between_problems(tmp_path):
     assert calls == ["p0", "p1"]
 
 
+def test_parallel_threads_write_every_row_once_in_finishing_order(tmp_path):
+    import threading
+    import time
+    out = tmp_path / "r.jsonl"
+    probs = PROBS + [{"id": "bad", "question": "q", "gold": "1"}]
+    calls, inflight, peak = [], [0], [0]
+    lock, first_three = threading.Lock(), threading.Barrier(3, timeout=30)
+    inner = fake_solve(calls)
+
+    def solve(prob):
+        with lock:
+            inflight[0] += 1
+            peak[0] = max(peak[0], inflight[0])
+        if prob["id"] in ("p0", "p1", "p2"):
+            first_three.wait()  # all three run at once
+        if prob["id"] == "p0":  # p0 finishes after the rows of all five others are written
+            deadline = time.monotonic() + 30
+            while len(out.read_text().splitlines()) < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        try:
+            return inner(prob)
+        finally:
+            with lock:
+                inflight[0] -= 1
+
+    stats = R.run_rollouts(probs, solve, out, progress=False, parallel=3)
+    assert stats["ran"] == 5 and stats["errors"] == 1 and stats["solved"] == 3
+    assert peak[0] == 3  # three problems at once, never more
+    ids = [json.loads(l)["id"] for l in out.read_text().splitlines()]
+    assert sorted(ids) == sorted(p["id"] for p in probs) and ids[-1] == "p0"
+    assert R.run_rollouts(probs, solve, out, progress=False, parallel=3)["skipped_done"] == 6
+
+
+def test_parallel_should_stop_starts_nothing_new_and_finishes_what_runs(tmp_path):
+    out = tmp_path / "r.jsonl"
+    calls = []
+    R.run_rollouts(PROBS, fake_solve(calls), out, progress=False, parallel=2, should_stop=lambda: len(calls) >= 2)
+    assert sorted(calls) == ["p0", "p1"]
+    assert sorted(json.loads(l)["id"] for l in out.read_text().splitlines()) == ["p0", "p1"]
+
+
 def test_shard():
     items = list(range(10))
     assert R.shard(items, "0/3") == [0, 3, 6, 9] and R.shard(items, "2/3") == [2, 5, 8]
