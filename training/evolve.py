@@ -33,6 +33,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training.common import REPO, atomic_write_json, base_gguf_path, load_yaml, read_jsonl, resolve_base, sha256_file, sha256_path, write_jsonl  # noqa: E402
+from training.rollouts import EXIT_STOPPED  # noqa: E402
 
 STAGES = ("rollouts", "extract", "sft", "ppm", "publish")
 
@@ -96,6 +97,9 @@ class Round:
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
             rc = proc.wait()
+        if rc == EXIT_STOPPED:
+            raise SystemExit(f"[evolve r{self.k}] {stage} was stopped before its last problem; rerun the "
+                             "same command to resume.")
         if rc != 0:
             raise SystemExit(f"[evolve r{self.k}] {stage} failed (exit {rc}); see {log}. Rerun the same "
                              "command to resume.")

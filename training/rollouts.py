@@ -27,6 +27,10 @@ if __package__ in (None, ""):
 from rstar_app.jsonl import append_row, read_rows  # noqa: E402
 from training.common import iter_jsonl, load_yaml  # noqa: E402
 
+# exit status of a run that SIGTERM stopped before its last problem (EX_TEMPFAIL): the caller
+# (training.evolve) must not record the stage as finished; a rerun resumes
+EXIT_STOPPED = 75
+
 
 # ---------------------------------------------------------------------------------------------
 # problems
@@ -142,6 +146,7 @@ def run_rollouts(problems: Iterable[dict], solve: Callable[[dict], "object"], ou
     if bar is not None:
         bar.close()
     stats["seconds"] = round(time.time() - t_all, 1)
+    stats["stopped"] = stats["ran"] + stats["errors"] < len(todo)  # should_stop cut the run short
     return stats
 
 
@@ -307,4 +312,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(EXIT_STOPPED if main().get("stopped") else 0)

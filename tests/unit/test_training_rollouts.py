@@ -63,8 +63,9 @@ def test_a_failing_problem_is_recorded_and_the_run_goes_on(tmp_path):
 def test_should_stop_ends_between_problems(tmp_path):
     out = tmp_path / "r.jsonl"
     calls = []
-    R.run_rollouts(PROBS, fake_solve(calls), out, progress=False, should_stop=lambda: len(calls) >= 2)
-    assert calls == ["p0", "p1"]
+    stats = R.run_rollouts(PROBS, fake_solve(calls), out, progress=False, should_stop=lambda: len(calls) >= 2)
+    assert calls == ["p0", "p1"] and stats["stopped"] is True  # training.evolve must not mark it done
+    assert R.run_rollouts(PROBS, fake_solve(calls), out, progress=False)["stopped"] is False
 
 
 def test_parallel_threads_write_every_row_once_in_finishing_order(tmp_path):
@@ -103,8 +104,9 @@ def test_parallel_threads_write_every_row_once_in_finishing_order(tmp_path):
 def test_parallel_should_stop_starts_nothing_new_and_finishes_what_runs(tmp_path):
     out = tmp_path / "r.jsonl"
     calls = []
-    R.run_rollouts(PROBS, fake_solve(calls), out, progress=False, parallel=2, should_stop=lambda: len(calls) >= 2)
-    assert sorted(calls) == ["p0", "p1"]
+    stats = R.run_rollouts(PROBS, fake_solve(calls), out, progress=False, parallel=2,
+                           should_stop=lambda: len(calls) >= 2)
+    assert sorted(calls) == ["p0", "p1"] and stats["stopped"] is True
     assert sorted(json.loads(l)["id"] for l in out.read_text().splitlines()) == ["p0", "p1"]
 
 
