@@ -10,8 +10,8 @@
 # may be a quoted glob of split parts, since one device call carries at most 64 MiB). Env:
 # STEPS (SFT optimiser steps, 60), BATCH (32), PROBLEMS (practice problems for rollouts, 24),
 # ROLLOUTS (8), CANDIDATES (4), SHARDS (rollout processes side by side, 1), PARALLEL (problems each
-# process searches at once, their policy calls batched on the GPU, 24), SANDBOX (sandbox workers per
-# process, 8), STEP_TOKENS (160), DEVICE (cuda; cpu runs the same path slowly, as the CI test does
+# process searches at once, their policy calls batched on the GPU, 24), CHUNK (tokens per batch chunk,
+# between which calls leave and join, 32; 0 = none), SANDBOX (sandbox workers per process, 8), STEP_TOKENS (160), DEVICE (cuda; cpu runs the same path slowly, as the CI test does
 # with a tiny model), PY, WORK.
 #
 # Run on the device (two calls, because the 98 MB base is split in two parts):
@@ -30,6 +30,7 @@ ROLLOUTS=${ROLLOUTS:-8}
 CANDIDATES=${CANDIDATES:-4}
 SHARDS=${SHARDS:-1}
 PARALLEL=${PARALLEL:-24}
+CHUNK=${CHUNK:-32}
 SANDBOX=${SANDBOX:-8}
 DEVICE=${DEVICE:-cuda}
 cd "$(dirname "$0")/.."
@@ -58,7 +59,7 @@ for ((i = 0; i < SHARDS; i++)); do
   "$PY" -m training.rollouts --problems "$WORK/practice.jsonl" --out "$OUT/rollouts.shard$i.jsonl" \
     --base "$BASE" --policy-adapter "$OUT/adapter" --backend torch --device "$DEVICE" --dtype auto \
     --shard "$i/$SHARDS" --rollouts "$ROLLOUTS" --candidates "$CANDIDATES" --max-step-tokens "${STEP_TOKENS:-160}" \
-    --parallel "$PARALLEL" --sandbox-workers "$SANDBOX" --time-limit 120 --n-ctx 2048 --no-progress > "$OUT/rollouts.$i.log" 2>&1 &
+    --parallel "$PARALLEL" --chunk-tokens "$CHUNK" --sandbox-workers "$SANDBOX" --time-limit 120 --n-ctx 2048 --no-progress > "$OUT/rollouts.$i.log" 2>&1 &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p" || { tail -20 "$OUT"/rollouts.*.log; echo "CHECK rollouts FAIL"; exit 1; }; done

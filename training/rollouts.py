@@ -226,7 +226,7 @@ def _torch_engine(args: argparse.Namespace, base, use_ppm: bool):
     policy = TorchPolicy(base, adapter=pol, device=args.device, dtype=args.dtype, max_candidates=k, n_ctx=args.n_ctx)
     if args.parallel > 1:
         from rstar_app.models.batching import BatchingPolicy
-        policy = BatchingPolicy(policy)
+        policy = BatchingPolicy(policy, chunk_tokens=args.chunk_tokens or None)
     ppm = None
     if use_ppm:
         stacked = bool(args.ppm_adapter) and not Path(args.ppm_adapter).is_dir()
@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sandbox-workers", type=int, default=1, help="torch backend: sandbox processes")
     ap.add_argument("--parallel", type=int, default=1,
                     help="torch backend: problems searched at once, their policy calls batched on the device")
+    ap.add_argument("--chunk-tokens", type=int, default=32,
+                    help="--parallel: tokens per batch chunk, between which calls leave and join (0: none)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.parallel < 1 or (args.parallel > 1 and args.backend != "torch"):

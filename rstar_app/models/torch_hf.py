@@ -144,52 +144,55 @@ class TorchPolicy:
                                                greedy_first=greedy_first)])[0]
 
     def generate_batch(self, requests: Sequence["GenRequest"]) -> list[list[Candidate]]:
-        """Many generate() calls (different prefixes) as one left-padded batch: one forward per
-        token for all rows, one host sync per token. Row text depends only on its own request
-        and seed, not on its batch mates (up to float rounding of padded attention)."""
+        """Many generate() calls (different prefixes) as one left-padded batch, run to the end."""
+        rows = [self.rows_for(r) for r in requests]
+        self.advance([row for rs in rows for row in rs])
+        return [[row.result for row in rs] for rs in rows]
+
+    def rows_for(self, request: "GenRequest") -> list["GenRow"]:
+        """The request's n siblings as rows for advance(); raises ValueError for a bad request."""
+        if not 1 <= request.n <= self.max_candidates:
+            raise ValueError(f"n must be in [1, {self.max_candidates}]")
+        with self._tok_lock:
+            toks = _encode(self.tok, request.prefix)
+        if not toks:
+            raise ValueError("empty prefix")
+        limit = max(min(request.max_tokens, self.n_ctx - len(toks)), 0)
+        temps = sibling_temperatures(request.n, request.temperature, request.greedy_first)
+        return [GenRow(request, toks, t, request.seed + i, limit) for i, t in enumerate(temps)]
+
+    def advance(self, rows: Sequence["GenRow"], *, max_steps: int | None = None) -> None:
+        """Generate up to `max_steps` more tokens (all, when None) for every unfinished row, in
+        one left-padded batch: one forward and one host sync per token. A row stopped by
+        max_steps keeps its tokens and is prefilled again, prompt + tokens so far, by the next
+        call, so rows can leave and join between calls (models.batching does that). A row's
+        text depends only on its own request and seed (up to float rounding)."""
         torch = self._torch
-        rows = []  # (request index, prompt tokens, temperature, seed, token limit)
-        for q, r in enumerate(requests):
-            if not 1 <= r.n <= self.max_candidates:
-                raise ValueError(f"n must be in [1, {self.max_candidates}]")
-            with self._tok_lock:
-                toks = _encode(self.tok, r.prefix)
-            if not toks:
-                raise ValueError("empty prefix")
-            limit = max(min(r.max_tokens, self.n_ctx - len(toks)), 0)
-            for i, t in enumerate(sibling_temperatures(r.n, r.temperature, r.greedy_first)):
-                rows.append((q, toks, t, r.seed + i, limit))
-        R, dev = len(rows), self.device
-        width, steps = max(len(x[1]) for x in rows), max(x[4] for x in rows)
+        active = [r for r in rows if r.result is None]
+        if not active:
+            return
+        R, dev = len(active), self.device
+        seqs = [r.prompt + r.out for r in active]
+        width = max(map(len, seqs))
+        steps = max(r.limit - len(r.out) for r in active)
+        steps = steps if max_steps is None else min(steps, max_steps)
         pad = self.tok.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(x[1])) + x[1] for x in rows], device=dev)
-        att = torch.tensor([[0] * (width - len(x[1])) + [1] * len(x[1]) for x in rows], device=dev)
+        ids = torch.tensor([[pad] * (width - len(q)) + q for q in seqs], device=dev)
+        att = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in seqs], device=dev)
         pos = (att.cumsum(-1) - 1).clamp(min=0)
-        samp = _RowSampler([x[2] for x in rows], [requests[x[0]].top_p for x in rows],
-                           [requests[x[0]].top_k for x in rows], [x[3] for x in rows],
-                           [requests[x[0]].max_tokens for x in rows], steps, dev)
-        out_tok: list[list[int]] = [[] for _ in range(R)]
-        result: list[Candidate | None] = [None if x[4] > 0 else Candidate("", None, 0) for x in rows]
+        samp = _RowSampler([r.temperature for r in active], [r.request.top_p for r in active],
+                           [r.request.top_k for r in active], [r.uniforms for r in active], dev)
+        drawn = torch.tensor([len(r.out) for r in active], device=dev)  # each row's place in its stream
         with torch.inference_mode():
             res = self.model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
-            self.stats["prefill_tokens"] += sum(len(x[1]) for x in rows)
+            self.stats["prefill_tokens"] += sum(map(len, seqs))
             past, logits, last = _cache_of(res), res.logits[:, -1].float(), pos[:, -1:]
             for t in range(steps):
-                nxt = samp.draw(logits, t).tolist()  # the step's only host sync
-                for i, tok in enumerate(nxt):
-                    if result[i] is not None:
-                        continue
-                    if tok in self.eos:
-                        result[i] = Candidate(self._text(out_tok[i]), None, len(out_tok[i]) + 1)
-                        continue
-                    out_tok[i].append(tok)
-                    text = self._text(out_tok[i])
-                    hit = first_stop(text, requests[rows[i][0]].stop, ROGUE)
-                    if hit is not None:
-                        result[i] = Candidate(text[:hit[0]], hit[1], len(out_tok[i]))
-                    elif len(out_tok[i]) >= rows[i][4]:
-                        result[i] = Candidate(text, None, len(out_tok[i]))
-                if all(r is not None for r in result):
+                nxt = samp.draw(logits, drawn + t).tolist()  # the step's only host sync
+                for r, tok in zip(active, nxt):
+                    if r.result is None:
+                        self._take_token(r, tok)
+                if t == steps - 1 or all(r.result is not None for r in active):
                     break
                 # finished rows keep decoding (their tokens are ignored): one rectangular batch
                 att = torch.cat([att, att.new_ones(R, 1)], 1)
@@ -197,13 +200,19 @@ class TorchPolicy:
                 res = self.model(input_ids=torch.tensor(nxt, device=dev)[:, None], attention_mask=att,
                                  position_ids=last, use_cache=True, **{self._cache_kw: past})
                 past, logits = _cache_of(res), res.logits[:, -1].float()
-        self.stats["generated_tokens"] += sum(map(len, out_tok))
-        flat = [r if r is not None else Candidate(self._text(out_tok[i]), None, len(out_tok[i]))
-                for i, r in enumerate(result)]
-        grouped: list[list[Candidate]] = [[] for _ in requests]
-        for i, c in enumerate(flat):
-            grouped[rows[i][0]].append(c)
-        return grouped
+
+    def _take_token(self, r: "GenRow", tok: int) -> None:
+        if tok in self.eos:
+            r.result = Candidate(self._text(r.out), None, len(r.out) + 1)
+            return
+        r.out.append(tok)
+        self.stats["generated_tokens"] += 1
+        text = self._text(r.out)
+        hit = first_stop(text, r.request.stop, ROGUE)
+        if hit is not None:
+            r.result = Candidate(text[:hit[0]], hit[1], len(r.out))
+        elif len(r.out) >= r.limit:
+            r.result = Candidate(text, None, len(r.out))
 
     def _text(self, toks: list[int]) -> str:
         with self._tok_lock:
@@ -225,28 +234,41 @@ class GenRequest:
     greedy_first: bool = False
 
 
+class GenRow:
+    """One sibling in generation: prompt token ids, sampler settings, tokens so far, and the
+    Candidate once finished. Its uniforms are `max_tokens` numbers from a CPU generator seeded
+    with the row's seed, so its draws depend on nothing else (batch, device, chunking)."""
+
+    __slots__ = ("request", "prompt", "temperature", "limit", "out", "result", "uniforms")
+
+    def __init__(self, request: GenRequest, prompt: list[int], temperature: float, seed: int, limit: int):
+        import torch
+        self.request, self.prompt, self.temperature, self.limit = request, prompt, temperature, limit
+        self.out: list[int] = []
+        self.result: Candidate | None = None if limit > 0 else Candidate("", None, 0)
+        g = torch.Generator().manual_seed(int(seed) % 2**63)
+        self.uniforms = torch.rand(max(request.max_tokens, 1), generator=g)
+
+
 class _RowSampler:
     """llama.cpp's sampler chain (top-k -> top-p on the softmax at T=1 -> temperature -> draw) for
-    all rows at once. Each row draws by inverse CDF from its own uniform stream: `max_tokens`
-    numbers from a CPU generator seeded with the row's seed, so its samples do not depend on the
-    batch, the device, or the stream lengths of other rows. Temperature <= 0 is argmax."""
+    all rows at once; each row draws by inverse CDF with the next number of its own stream.
+    Temperature <= 0 is argmax."""
 
-    def __init__(self, temps, top_p, top_k, seeds, lengths, steps: int, device: str):
+    def __init__(self, temps, top_p, top_k, streams, device: str):
         import torch
         vocab_all = [k if k > 0 else 1 << 30 for k in top_k]
         self.k = torch.tensor(vocab_all, device=device)
         self.kmax = max(vocab_all)
         self.temps = torch.tensor(temps, dtype=torch.float32, device=device)
         self.top_p = torch.tensor(top_p, dtype=torch.float32, device=device)
-        u = torch.zeros(len(seeds), max(steps, 1))
-        for i, (s, n) in enumerate(zip(seeds, lengths)):
-            g = torch.Generator().manual_seed(int(s) % 2**63)
-            draw = torch.rand(max(int(n), 1), generator=g)[:steps]
-            u[i, :draw.numel()] = draw
+        u = torch.zeros(len(streams), max(len(x) for x in streams))
+        for i, x in enumerate(streams):
+            u[i, :len(x)] = x
         self.u = u.to(device)
 
-    def draw(self, logits, t: int):
-        """[R, V] float logits -> [R] token ids."""
+    def draw(self, logits, index):
+        """[R, V] float logits, [R] stream positions -> [R] token ids."""
         import torch
         kmax = min(self.kmax, logits.shape[-1])
         vals, idx = torch.topk(logits, kmax, dim=-1)                 # [R, kmax], sorted descending
@@ -257,8 +279,8 @@ class _RowSampler:
         keep &= (before < self.top_p[:, None]) | (self.top_p[:, None] >= 1.0)
         probs = torch.softmax(vals.masked_fill(~keep, float("-inf")) / self.temps.clamp(min=1e-6)[:, None], -1)
         cdf = probs.cumsum(-1)
-        target = (self.u[:, t] * cdf[:, -1])[:, None].contiguous()
-        j = torch.searchsorted(cdf.contiguous(), target).clamp(max=kmax - 1)
+        u = self.u.gather(1, index.clamp(max=self.u.shape[1] - 1)[:, None]).squeeze(1)
+        j = torch.searchsorted(cdf.contiguous(), (u * cdf[:, -1])[:, None].contiguous()).clamp(max=kmax - 1)
         drawn = idx.gather(1, j).squeeze(1)
         return torch.where(self.temps <= 0, logits.argmax(-1), drawn)
 

@@ -105,12 +105,26 @@ def test_torch_generate_batch_of_different_prefixes_equals_each_call_alone(tiny)
     assert all(c.tokens <= 5 for c in batch[3])
 
 
+def test_torch_advance_in_chunks_with_rows_joining_late_equals_one_run(tiny):
+    p = TorchPolicy(tiny, device="cpu", dtype="float32", max_candidates=4)
+    reqs = _requests()
+    want = p.generate_batch(reqs)
+    early = [p.rows_for(r) for r in reqs[:2]]
+    p.advance([r for rs in early for r in rs], max_steps=3)          # the first two calls start alone
+    assert all(len(r.out) <= 3 for rs in early for r in rs)
+    late = [p.rows_for(r) for r in reqs[2:]]
+    everyone = [r for rs in early + late for r in rs]
+    while any(r.result is None for r in everyone):                   # then all of them, 4 tokens a chunk
+        p.advance(everyone, max_steps=4)
+    assert [[r.result for r in rs] for rs in early + late] == want
+
+
 def test_batching_policy_runs_concurrent_searches_calls_as_shared_batches(tiny):
     import threading
     p = TorchPolicy(tiny, device="cpu", dtype="float32", max_candidates=4)
     reqs = _requests()
     want = [_alone(p, r) for r in reqs]
-    front = BatchingPolicy(p, max_wait=5.0)
+    front = BatchingPolicy(p, max_wait=5.0, chunk_tokens=None)
     got: dict[int, list] = {}
     everyone_in = threading.Barrier(len(reqs))
 
@@ -131,6 +145,19 @@ def test_batching_policy_runs_concurrent_searches_calls_as_shared_batches(tiny):
     assert front.batches == {"batches": 2, "requests": 8, "rows": 16}
     with pytest.raises(RuntimeError, match="closed"):
         _alone(front, reqs[0])
+
+    # continuous batching: 2 tokens a chunk, calls leave when done and the next ones join
+    front = BatchingPolicy(p, max_wait=5.0, join_wait=5.0, chunk_tokens=2)
+    got.clear()
+    everyone_in = threading.Barrier(len(reqs))
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    front.close()
+    assert [got[i] for i in range(len(reqs))] == [w + w for w in want]
+    assert front.batches["requests"] == 8 and front.batches["batches"] >= 12  # >= 2 x ceil(12 / 2) chunks
 
 
 def test_batching_policy_hands_a_backend_error_to_its_callers(tiny):
@@ -165,7 +192,7 @@ def test_gpu_check_script_runs_end_to_end_on_cpu_with_the_tiny_model(tiny, tmp_p
     data.write_text("".join(json.dumps(r) + "\n" for r in trajectories))
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PY=sys.executable, WORK=str(tmp_path / "work"), DEVICE="cpu",
-               STEPS="2", BATCH="2", PROBLEMS="4", ROLLOUTS="2", CANDIDATES="2", SHARDS="2", PARALLEL="2", STEP_TOKENS="24",
+               STEPS="2", BATCH="2", PROBLEMS="4", ROLLOUTS="2", CANDIDATES="2", SHARDS="2", PARALLEL="2", CHUNK="8", STEP_TOKENS="24",
                SEQ="512", EXTRA_SFT_ARGS="--threads 1 --eval-size 2")
     r = subprocess.run(["bash", "training/gpu_check.sh", str(tiny), str(data)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=900)

@@ -7,7 +7,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from rstar_app.models.torch_hf import _RowSampler  # noqa: E402
+from rstar_app.models.torch_hf import GenRequest, GenRow, _RowSampler  # noqa: E402
+
+
+def sampler(temps, top_p, top_k, seeds, length):
+    rows = [GenRow(GenRequest("x", n=1, max_tokens=length, temperature=t), [1], t, s, length)
+            for t, s in zip(temps, seeds)]
+    return _RowSampler(temps, top_p, top_k, [r.uniforms for r in rows], "cpu")
+
+
+def at(t: int, rows: int = 1):
+    return torch.full((rows,), t, dtype=torch.long)
 
 
 def reference(logits: np.ndarray, temp: float, top_p: float, top_k: int, u: float) -> int:
@@ -30,17 +40,21 @@ def test_batched_rows_draw_what_the_per_row_chain_draws():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 2.0, (5, 64)).astype(np.float32)
     temps, top_p, top_k = [0.7, 1.0, 0.0, 1.3, 0.5], [0.9, 1.0, 0.95, 0.5, 0.99], [10, 0, 40, 64, 3]
-    s = _RowSampler(temps, top_p, top_k, seeds=[1, 2, 3, 4, 5], lengths=[50] * 5, steps=50, device="cpu")
+    s = sampler(temps, top_p, top_k, seeds=[1, 2, 3, 4, 5], length=50)
     for t in range(50):
-        got = s.draw(torch.from_numpy(logits), t).tolist()
+        got = s.draw(torch.from_numpy(logits), at(t, 5)).tolist()
         want = [reference(logits[i], temps[i], top_p[i], top_k[i], float(s.u[i, t])) for i in range(5)]
         assert got == want, t
-    assert s.draw(torch.from_numpy(logits), 0)[2] == int(np.argmax(logits[2]))  # T=0 is argmax
+    assert s.draw(torch.from_numpy(logits), at(0, 5))[2] == int(np.argmax(logits[2]))  # T=0 is argmax
+    # rows at different places of their streams
+    got = s.draw(torch.from_numpy(logits), torch.tensor([3, 0, 7, 49, 1])).tolist()
+    assert got == [reference(logits[i], temps[i], top_p[i], top_k[i], float(s.u[i, t]))
+                   for i, t in enumerate([3, 0, 7, 49, 1])]
 
 
 def test_a_rows_uniforms_depend_only_on_its_seed_and_length():
-    a = _RowSampler([1.0, 1.0], [1.0, 1.0], [0, 0], seeds=[7, 8], lengths=[30, 12], steps=30, device="cpu")
-    b = _RowSampler([1.0], [1.0], [0], seeds=[7], lengths=[30], steps=30, device="cpu")
+    a = sampler([1.0, 1.0], [1.0, 1.0], [0, 0], seeds=[7, 8], length=30)
+    b = sampler([1.0], [1.0], [0], seeds=[7], length=30)
     assert torch.equal(a.u[0], b.u[0])
     assert not torch.equal(a.u[0], a.u[1])
 
@@ -49,11 +63,11 @@ def test_draws_follow_the_distribution():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     counts = np.zeros(4)
     for seed in range(400):
-        s = _RowSampler([1.0], [1.0], [0], seeds=[seed], lengths=[10], steps=10, device="cpu")
+        s = sampler([1.0], [1.0], [0], seeds=[seed], length=10)
         for t in range(10):
-            counts[int(s.draw(logits, t))] += 1
+            counts[int(s.draw(logits, at(t)))] += 1
     freq = counts / counts.sum()
     assert np.allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.03), freq
     # top-p 0.7 keeps the smallest prefix reaching 0.7 of the mass: the first two tokens
-    s = _RowSampler([1.0], [0.7], [0], seeds=[0], lengths=[200], steps=200, device="cpu")
-    assert {int(s.draw(logits, t)) for t in range(200)} == {0, 1}
+    s = sampler([1.0], [0.7], [0], seeds=[0], length=200)
+    assert {int(s.draw(logits, at(t))) for t in range(200)} == {0, 1}
