@@ -153,6 +153,10 @@ class Round:
             common += ["--threads", self.recipe["threads"]]
         if r.get("backend", "llama") != "llama":  # torch: transformers on a GPU (rstar_app.models.torch_hf)
             common += ["--backend", r["backend"], "--device", r.get("device", "auto"), "--dtype", r.get("dtype", "auto")]
+            # many searches per process, their policy calls batched on the device (models.batching)
+            for key in ("parallel", "chunk_tokens", "sandbox_workers"):
+                if r.get(key) is not None:
+                    common += [f"--{key.replace('_', '-')}", r[key]]
         if "ppm_head" in prev and self.k >= int(self.evo.get("ppm_from_round", 3)):
             common += ["--ppm-adapter", prev["ppm_adapter"], "--ppm-head", prev["ppm_head"]]
         cmds = []

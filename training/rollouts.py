@@ -233,6 +233,9 @@ def _torch_engine(args: argparse.Namespace, base, use_ppm: bool):
         ppm = TorchPPM(base, args.ppm_head, policy_adapter=None if stacked else pol,
                        ppm_adapter=peft_dir(args.ppm_adapter, "ppm"), device=args.device, dtype=args.dtype,
                        max_candidates=k)
+        if args.parallel > 1:
+            from rstar_app.models.batching import BatchingPPM
+            ppm = BatchingPPM(ppm)
     return Engine(policy=policy, ppm=ppm, executor=Sandbox(workers=args.sandbox_workers), few_shot=args.few_shot,
                   description=f"policy {policy.name}" + (f", {ppm.name}" if ppm else ", no PPM"),
                   concurrent=args.parallel > 1)
@@ -298,17 +301,17 @@ def main(argv: list[str] | None = None) -> dict:
         with client():
             return engine.solve(prob["question"], cfg.replace(seed=seed), gold=prob["gold"])
 
-    front = engine.policy if args.parallel > 1 else None  # the BatchingPolicy
+    fronts = {"batches": engine.policy, "ppm_batches": engine.ppm} if args.parallel > 1 else {}
     try:
         stats = run_rollouts(problems, solve, args.out, progress=not args.no_progress,
                              should_stop=lambda: stop["flag"], parallel=args.parallel)
     finally:
         engine.close()
-        if front is not None:
-            front.close()
+        for front in fronts.values():
+            if front is not None:
+                front.close()
     stats["search"] = cfg.to_dict()
-    if front is not None:
-        stats["batches"] = dict(front.batches)
+    stats.update({k: dict(f.batches) for k, f in fronts.items() if f is not None})
     print(json.dumps(stats))
     return stats
 

@@ -33,7 +33,7 @@ class _Slot:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.result: list[Candidate] | None = None
+        self.result: list | None = None  # list[Candidate] (policy) or list[float] (PPM)
         self.error: BaseException | None = None
 
 
@@ -163,3 +163,65 @@ class BatchingPolicy:
                 else:
                     still.append((slot, rs))
             live = still
+
+
+class BatchingPPM:
+    """Thread-safe PPM front over TorchPPM: the score() calls that queue up while one batch runs
+    go together into the next (one padded forward of up to `max_rows` texts). No lockstep: a PPM
+    call is short, so whatever is waiting is batch enough."""
+
+    def __init__(self, ppm, *, max_rows: int = 256) -> None:
+        if max_rows < 1:
+            raise ValueError("max_rows must be >= 1")
+        self.ppm, self.max_rows, self.name = ppm, max_rows, ppm.name
+        self.batches = {"batches": 0, "requests": 0, "rows": 0}
+        self._cv = threading.Condition()
+        self._pending: list[tuple[list[str], _Slot]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="batching-ppm", daemon=True)
+        self._thread.start()
+
+    def score(self, prefix: str, steps: Sequence[str]) -> list[float]:
+        """PPM.score: blocks until the batch holding this call has run."""
+        slot = _Slot()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the batching PPM is closed")
+            self._pending.append(([prefix + st for st in steps], slot))
+            self._cv.notify_all()
+        slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout=120)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closed:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+                batch, rows = [], 0
+                while self._pending and (not batch or rows + len(self._pending[0][0]) <= self.max_rows):
+                    batch.append(self._pending.pop(0))
+                    rows += len(batch[-1][0])
+            try:
+                scores = self.ppm.score_texts([t for texts, _ in batch for t in texts], rows=self.max_rows)
+                for texts, slot in batch:
+                    slot.result, scores = scores[:len(texts)], scores[len(texts):]
+                self.batches["batches"] += 1
+                self.batches["requests"] += len(batch)
+                self.batches["rows"] += rows
+            except BaseException as e:  # noqa: BLE001 - handed to every caller of this batch
+                for _, slot in batch:
+                    slot.error = e
+            finally:
+                for _, slot in batch:
+                    slot.done.set()

@@ -316,15 +316,19 @@ class TorchPPM:
         self._torch = torch
 
     def score(self, prefix: str, steps: Sequence[str]) -> list[float]:
+        return self.score_texts([prefix + st for st in steps])
+
+    def score_texts(self, texts: Sequence[str], *, rows: int | None = None) -> list[float]:
+        """Scores of whole texts (prefix + step each), `rows` (default max_candidates) per forward."""
         torch = self._torch
         out: list[float] = []
-        pad = self.tok.pad_token_id
-        for s in range(0, len(steps), self.max_candidates):
-            seqs = [_encode(self.tok, prefix + st) for st in steps[s:s + self.max_candidates]]
-            width = max(map(len, seqs))
-            ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs], device=self.device)
-            att = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=self.device)
-            with self._lock, torch.inference_mode():
+        pad, rows = self.tok.pad_token_id, rows or self.max_candidates
+        with self._lock, torch.inference_mode():
+            for s in range(0, len(texts), rows):
+                seqs = [_encode(self.tok, t) for t in texts[s:s + rows]]
+                width = max(map(len, seqs))
+                ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs], device=self.device)
+                att = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=self.device)
                 h = self.backbone(input_ids=ids, attention_mask=att).last_hidden_state
                 h_last = h[torch.arange(len(seqs), device=self.device), att.sum(1) - 1].float()
                 out += torch.tanh(h_last @ self.w + self.b).tolist()

@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("gguf")
 
-from rstar_app.models.batching import BatchingPolicy  # noqa: E402
+from rstar_app.models.batching import BatchingPolicy, BatchingPPM  # noqa: E402
 from rstar_app.models.torch_hf import GenRequest, TorchPolicy, TorchPPM  # noqa: E402
 from rstar_app.steps import STOP  # noqa: E402
 from rstar_app.steps import build_prompt  # noqa: E402
@@ -166,6 +166,33 @@ def test_batching_policy_hands_a_backend_error_to_its_callers(tiny):
         front.generate("", n=1, max_tokens=4, temperature=0.0)
     assert front.generate(build_prompt(PROBLEM), n=1, max_tokens=3, temperature=0.0)[0].tokens > 0
     front.close()
+
+
+def test_batching_ppm_scores_concurrent_calls_as_each_alone(tiny, tmp_path):
+    import threading
+    head = tmp_path / "head.npz"
+    np.savez(head, weight=np.random.default_rng(1).normal(0, 0.05, 256).astype(np.float32),
+             bias=np.array([0.0], np.float32))
+    ppm = TorchPPM(tiny, head, device="cpu", dtype="float32", max_candidates=2)
+    calls = [(build_prompt(PROBLEM), ["# Add\nx = 4 + 2\n<end_of_step>", "# Subtract\nx = 4 - 2\n<end_of_step>",
+                                      "<answer>\\boxed{6}"]),
+             (build_prompt("Tom has 3 apples and eats one. How many are left?"), ["# Eat one\nx = 3 - 1\n"]),
+             (build_prompt(PROBLEM) + "# Add\nx = 4 + 2\n", ["print(x)\n<end_of_step>", "<answer>6"])] * 3
+    want = [ppm.score(pre, steps) for pre, steps in calls]
+    front = BatchingPPM(ppm, max_rows=8)
+    got: dict[int, list[float]] = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, front.score(*calls[i]))) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    front.close()
+    assert len(got) == len(calls)
+    for i, w in enumerate(want):  # batch mates pad the texts: the same scores up to rounding
+        assert np.allclose(got[i], w, atol=1e-4), (i, got[i], w)
+    assert front.batches["requests"] == len(calls) and front.batches["rows"] == sum(len(s) for _, s in calls)
+    with pytest.raises(RuntimeError, match="closed"):
+        front.score(*calls[0])
 
 
 def test_torch_ppm_scores_match_llama_ppm_with_the_same_head(tmp_path):

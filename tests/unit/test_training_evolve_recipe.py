@@ -73,6 +73,18 @@ def test_round_rollouts_stage_runs_with_the_merged_recipe(tmp_path, capsys):
     assert "round-4/recipe.yaml" in cmds[0] and "--max-calc-steps 2" in cmds[0] and "--limit 10" in cmds[0]
 
 
+def test_gpu_recipe_rolls_out_many_batched_searches_in_one_process(tmp_path, capsys):
+    from training.common import REPO
+    recipe = yaml.safe_load(open(REPO / "training" / "recipes" / "gpu.yaml"))
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump({**recipe, "workdir": str(tmp_path / "work")}))
+    Round(str(path), 2, weights_dir=str(tmp_path / "w"), dry_run=True).stage_rollouts()
+    cmds = [ln for ln in capsys.readouterr().out.splitlines() if "training.rollouts" in ln]
+    assert len(cmds) == 1
+    assert all(f in cmds[0] for f in ("--backend torch", "--device cuda", "--parallel 64", "--chunk-tokens 32",
+                                      "--sandbox-workers 8")), cmds[0]
+
+
 def test_missing_bootstrap_is_rebuilt_not_skipped(tmp_path, capsys):
     # training/data/ is not committed: a fresh clone resuming round k must rebuild the replay set,
     # not train without it (round 4 of cpu-small once did, silently)
