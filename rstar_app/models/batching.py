@@ -37,7 +37,42 @@ class _Slot:
         self.error: BaseException | None = None
 
 
-class BatchingPolicy:
+class _Front:
+    """What both fronts share: a caller parks its request in a slot and blocks; one thread (the
+    subclass's `_loop`, started by the subclass once its fields are set) serves the queue."""
+
+    def __init__(self, thread_name: str) -> None:
+        self.batches = {"batches": 0, "requests": 0, "rows": 0}  # mean batch size = rows / batches
+        self._cv = threading.Condition()
+        self._pending: list[tuple[object, _Slot]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=thread_name, daemon=True)
+
+    def _call(self, request) -> list:
+        slot = _Slot()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError(f"{type(self).__name__} is closed")
+            self._pending.append((request, slot))
+            self._cv.notify_all()
+        slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
+
+    def close(self) -> None:
+        """Serve the calls in flight and queued, then stop the thread."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout=120)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class BatchingPolicy(_Front):
     """Thread-safe Policy front over a backend with `rows_for(request)` and
     `advance(rows, max_steps=)` (TorchPolicy).
 
@@ -54,17 +89,12 @@ class BatchingPolicy:
                  join_wait: float = 0.05) -> None:
         if max_rows < 1 or max_wait < 0 or join_wait < 0 or (chunk_tokens is not None and chunk_tokens < 1):
             raise ValueError("max_rows and chunk_tokens must be >= 1, max_wait and join_wait >= 0")
+        super().__init__("batching-policy")  # batches = chunks run; rows summed over chunks
         self.policy, self.max_rows, self.chunk_tokens = policy, max_rows, chunk_tokens
         self.max_wait, self.join_wait = max_wait, join_wait
         self.name, self.n_ctx = policy.name, policy.n_ctx
         self.stats = policy.stats
-        # chunks run, calls admitted, rows summed over chunks: mean rows per chunk = rows / batches
-        self.batches = {"batches": 0, "requests": 0, "rows": 0}
-        self._cv = threading.Condition()
-        self._pending: list[tuple[object, _Slot]] = []
         self._clients = 0
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="batching-policy", daemon=True)
         self._thread.start()
 
     @contextmanager
@@ -89,26 +119,8 @@ class BatchingPolicy:
         from .torch_hf import GenRequest
         if n > self.max_rows:
             raise ValueError(f"n={n} exceeds the batch's max_rows={self.max_rows}")
-        req = GenRequest(prefix, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                         top_k=top_k, seed=seed, stop=tuple(stop), greedy_first=greedy_first)
-        slot = _Slot()
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the batching policy is closed")
-            self._pending.append((req, slot))
-            self._cv.notify_all()
-        slot.done.wait()
-        if slot.error is not None:
-            raise slot.error
-        assert slot.result is not None
-        return slot.result
-
-    def close(self) -> None:
-        """Finish the calls in flight and queued, then stop the batch thread."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        self._thread.join(timeout=120)
+        return self._call(GenRequest(prefix, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                     top_k=top_k, seed=seed, stop=tuple(stop), greedy_first=greedy_first))
 
     def _take(self, live_calls: int, live_rows: int) -> list[tuple[object, _Slot]] | None:
         """Calls to admit before the next chunk; None when closed and nothing is left."""
@@ -165,7 +177,7 @@ class BatchingPolicy:
             live = still
 
 
-class BatchingPPM:
+class BatchingPPM(_Front):
     """Thread-safe PPM front over TorchPPM: the score() calls that queue up while one batch runs
     go together into the next (one padded forward of up to `max_rows` texts). No lockstep: a PPM
     call is short, so whatever is waiting is batch enough."""
@@ -173,33 +185,13 @@ class BatchingPPM:
     def __init__(self, ppm, *, max_rows: int = 256) -> None:
         if max_rows < 1:
             raise ValueError("max_rows must be >= 1")
+        super().__init__("batching-ppm")
         self.ppm, self.max_rows, self.name = ppm, max_rows, ppm.name
-        self.batches = {"batches": 0, "requests": 0, "rows": 0}
-        self._cv = threading.Condition()
-        self._pending: list[tuple[list[str], _Slot]] = []
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="batching-ppm", daemon=True)
         self._thread.start()
 
     def score(self, prefix: str, steps: Sequence[str]) -> list[float]:
         """PPM.score: blocks until the batch holding this call has run."""
-        slot = _Slot()
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the batching PPM is closed")
-            self._pending.append(([prefix + st for st in steps], slot))
-            self._cv.notify_all()
-        slot.done.wait()
-        if slot.error is not None:
-            raise slot.error
-        assert slot.result is not None
-        return slot.result
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        self._thread.join(timeout=120)
+        return self._call([prefix + st for st in steps])
 
     def _loop(self) -> None:
         while True:

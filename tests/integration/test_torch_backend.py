@@ -91,6 +91,16 @@ def _requests() -> list[GenRequest]:
                        **{**kw, "max_tokens": 5})]
 
 
+def _run_threads(target, n: int, timeout: float = 300) -> None:
+    """target(i) in n threads at once; returns when all have ended."""
+    import threading
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+
+
 def _alone(p, r: GenRequest):
     return p.generate(r.prefix, n=r.n, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p,
                       top_k=r.top_k, seed=r.seed, stop=r.stop, greedy_first=r.greedy_first)
@@ -134,11 +144,7 @@ def test_batching_policy_runs_concurrent_searches_calls_as_shared_batches(tiny):
             got[i] = _alone(front, reqs[i])
             got[i] = got[i] + _alone(front, reqs[i])  # a second call, as a search's next expansion
 
-    threads = [threading.Thread(target=search, args=(i,)) for i in range(len(reqs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    _run_threads(search, len(reqs))
     front.close()
     assert [got[i] for i in range(len(reqs))] == [w + w for w in want]
     # lockstep: 8 calls from 4 clients in 2 batches of 4 (the clients all wait before max_wait)
@@ -150,11 +156,7 @@ def test_batching_policy_runs_concurrent_searches_calls_as_shared_batches(tiny):
     front = BatchingPolicy(p, max_wait=5.0, join_wait=5.0, chunk_tokens=2)
     got.clear()
     everyone_in = threading.Barrier(len(reqs))
-    threads = [threading.Thread(target=search, args=(i,)) for i in range(len(reqs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    _run_threads(search, len(reqs))
     front.close()
     assert [got[i] for i in range(len(reqs))] == [w + w for w in want]
     assert front.batches["requests"] == 8 and front.batches["batches"] >= 12  # >= 2 x ceil(12 / 2) chunks
@@ -169,7 +171,6 @@ def test_batching_policy_hands_a_backend_error_to_its_callers(tiny):
 
 
 def test_batching_ppm_scores_concurrent_calls_as_each_alone(tiny, tmp_path):
-    import threading
     head = tmp_path / "head.npz"
     np.savez(head, weight=np.random.default_rng(1).normal(0, 0.05, 256).astype(np.float32),
              bias=np.array([0.0], np.float32))
@@ -181,11 +182,7 @@ def test_batching_ppm_scores_concurrent_calls_as_each_alone(tiny, tmp_path):
     want = [ppm.score(pre, steps) for pre, steps in calls]
     front = BatchingPPM(ppm, max_rows=8)
     got: dict[int, list[float]] = {}
-    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, front.score(*calls[i]))) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    _run_threads(lambda i: got.__setitem__(i, front.score(*calls[i])), len(calls))
     front.close()
     assert len(got) == len(calls)
     for i, w in enumerate(want):  # batch mates pad the texts: the same scores up to rounding
