@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of the training pipeline in one short run (~3-6 min on one H100/H200): policy SFT steps
+# GPU check of the training pipeline in one short run (~5 min on one H200, measured): policy SFT steps
 # on CUDA (bf16) -> adapter GGUF export -> a batch of MCTS rollouts on CUDA with the torch backend
 # of the engine's search (rstar_app.models.torch_hf) using the adapter just trained -> extraction.
 # Prints one CHECK line per stage and a SUMMARY; everything small lands in $OUT.
@@ -11,8 +11,9 @@
 # STEPS (SFT optimiser steps, 60), BATCH (32), PROBLEMS (practice problems for rollouts, 24),
 # ROLLOUTS (8), CANDIDATES (4), SHARDS (rollout processes side by side, 1), PARALLEL (problems each
 # process searches at once, their policy calls batched on the GPU, 24), CHUNK (tokens per batch chunk,
-# between which calls leave and join, 32; 0 = none), SANDBOX (sandbox workers per process, 8), STEP_TOKENS (160), DEVICE (cuda; cpu runs the same path slowly, as the CI test does
-# with a tiny model), PY, WORK.
+# between which calls leave and join, 32; 0 = none), SANDBOX (sandbox workers per process, 8),
+# STEP_TOKENS (160), DEVICE (cuda; cpu runs the same path slowly, as the CI test does with a tiny
+# model), PY, WORK.
 #
 # Run on the device (two calls, because the 98 MB base is split in two parts):
 #   split -n 2 -d BASE_GGUF .gpu/a/basepart_ ... (see training/README.md, "GPU check")
