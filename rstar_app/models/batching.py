@@ -61,6 +61,15 @@ class _Front:
         assert slot.result is not None
         return slot.result
 
+    def _pop_within(self, used: int, size) -> list[tuple[object, _Slot]]:
+        """Queued calls, oldest first, while their rows (`size(request)`) fit in `max_rows` beside
+        the `used` ones; at least one when none are used. Call with `_cv` held."""
+        batch = []
+        while self._pending and (not (batch or used) or used + size(self._pending[0][0]) <= self.max_rows):
+            batch.append(self._pending.pop(0))
+            used += size(batch[-1][0])
+        return batch
+
     def close(self) -> None:
         """Serve the calls in flight and queued, then stop the thread."""
         with self._cv:
@@ -136,12 +145,7 @@ class BatchingPolicy(_Front):
                 if left <= 0:
                     break
                 self._cv.wait(left)
-            batch, rows = [], live_rows
-            while self._pending and (not (batch or live_rows) or rows + self._pending[0][0].n <= self.max_rows):
-                item = self._pending.pop(0)
-                batch.append(item)
-                rows += item[0].n
-            return batch
+            return self._pop_within(live_rows, lambda req: req.n)
 
     def _loop(self) -> None:
         live: list[tuple[_Slot, list]] = []  # (caller's slot, its rows) of the calls in the batch
@@ -200,10 +204,8 @@ class BatchingPPM(_Front):
                     self._cv.wait()
                 if not self._pending:
                     return
-                batch, rows = [], 0
-                while self._pending and (not batch or rows + len(self._pending[0][0]) <= self.max_rows):
-                    batch.append(self._pending.pop(0))
-                    rows += len(batch[-1][0])
+                batch = self._pop_within(0, len)
+            rows = sum(len(texts) for texts, _ in batch)
             try:
                 scores = self.ppm.score_texts([t for texts, _ in batch for t in texts], rows=self.max_rows)
                 for texts, slot in batch:
