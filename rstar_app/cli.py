@@ -41,9 +41,11 @@ def _add_search_args(p: argparse.ArgumentParser, default_strategy: str = "mcts")
     g.add_argument("--max-depth", type=int, default=16)
     g.add_argument("--beam-width", type=int, default=2)
     g.add_argument("--vote", choices=VOTE_RULES, default=SearchConfig.vote,
-                   help="answer rule: top-k = majority vote over the top-k terminals by value; "
+                   help="answer rule: auto (default) = learned when the weights ship a selector, else top-k; "
+                        "top-k = majority vote over the top-k terminals by value; "
                         "ppm-weighted = every terminal votes with its PPM score (for every strategy, majority "
-                        "and best_of_n included)")
+                        "and best_of_n included); learned = the weights' answer selector (PPM scores, "
+                        "answer counts, which of the problem's numbers the code uses)")
     g.add_argument("--top-k-vote", type=int, default=SearchConfig.top_k_vote,
                    help="k of the top-k vote (large = every terminal)")
 

@@ -30,7 +30,8 @@ class SearchConfig:
     beam_width: int = 2          # step-beam search: children kept per level
     # -- scoring --
     c_puct: float = 2.0          # UCT exploration constant (paper: 2)
-    vote: str = "top-k"          # final answer rule, one of tree.VOTE_RULES (see Tree.vote)
+    vote: str = "auto"           # final answer rule, one of tree.VOTE_RULES (see Tree.vote); "auto" =
+                                 # the weights' learned selector when the engine has one, else top-k
     top_k_vote: int = 4          # "top-k": majority vote over the top-k terminals by value
     # -- sampling --
     temperature: float = 0.7

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import SearchConfig
+from .selector import Selector
 from .tree import Event, Tree
 from .weights import Weights, load_weights
 
@@ -23,8 +24,10 @@ class Engine:
     searches run side by side."""
 
     def __init__(self, *, policy, ppm=None, executor, few_shot: bool = False, description: str = "",
-                 weights: Weights | None = None, concurrent: bool = False) -> None:
+                 weights: Weights | None = None, concurrent: bool = False,
+                 selector: Selector | None = None) -> None:
         self.policy, self.ppm, self.executor = policy, ppm, executor
+        self.selector = selector    # the weights' learned answer rule; only alongside their PPM
         self.few_shot, self.description, self.weights = few_shot, description, weights
         self.lock = threading.Lock()
         self.concurrent = concurrent
@@ -75,10 +78,19 @@ class Engine:
                            max_candidates=max_candidates, n_ctx=n_ctx, n_threads=n_threads)
         desc = w.describe(ppm=ppm is not None) if (w and not policy_path and not api_url) else (
             f"policy {getattr(policy, 'name', '?')}" + (f", {ppm.name}" if ppm else ", no PPM"))
+        selector = None
+        if ppm is not None and w and w.selector and not (ppm_head or ppm_path or ppm_adapter):
+            # fit on this PPM's scores: a PPM given by path gets no selector ("auto" = top-k vote)
+            selector = Selector.load(w.selector)
+            desc += f", answers by {w.selector.name}"
         if shot:
             desc += " [few-shot prompt]"
         return cls(policy=policy, ppm=ppm, executor=Sandbox(workers=sandbox_workers), few_shot=shot,
-                   description=desc, weights=w)
+                   description=desc, weights=w, selector=selector)
+
+    def vote_rule(self, config: SearchConfig) -> str:
+        """The answer rule `config.vote` resolves to on this engine ("auto": learned if it has a selector)."""
+        return ("learned" if self.selector is not None else "top-k") if config.vote == "auto" else config.vote
 
     def solve(self, problem: str, config: SearchConfig, *, gold: str | None = None,
               on_event: Callable[[Event], None] | None = None,
@@ -89,7 +101,8 @@ class Engine:
         clean_problem(problem)  # refuse bad input before waiting for the lock
         with contextlib.nullcontext() if self.concurrent else self.lock:
             tree = run(problem, policy=self.policy, ppm=self.ppm, executor=self.executor, config=config,
-                       few_shot=self.few_shot, gold=gold, on_event=on_event, should_stop=should_stop)
+                       few_shot=self.few_shot, gold=gold, on_event=on_event, should_stop=should_stop,
+                       selector=self.selector)
         tree.meta["engine"] = self.description
         return tree
 

@@ -66,13 +66,21 @@ def subset(items: list[dict], limit: int, seed: int) -> list[dict]:
     return order if limit <= 0 else order[:limit]
 
 
-def run_name(a) -> str:
+def run_name(a, rule: str | None = None) -> str:
+    """The run's file name; `rule` is the answer rule the vote setting resolved to (Engine.vote_rule)."""
     tag = getattr(a, "tag", None) or ("base" if a.policy else "weights")
     k = getattr(a, "top_k_vote", SearchConfig.top_k_vote)
-    vote = "-vppm" if getattr(a, "vote", "top-k") == "ppm-weighted" else (
-        "" if k == SearchConfig.top_k_vote else f"-v{k}")  # the top-4 vote keeps older run names
+    rule = rule or getattr(a, "vote", "top-k")
     greedy = "-g" if getattr(a, "greedy_first", False) else ""
-    return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}{vote}{greedy}-s{a.seed}-ss{a.sample_seed}"
+    return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}{_vote_suffix(rule, k)}{greedy}-s{a.seed}-ss{a.sample_seed}"
+
+
+def _vote_suffix(rule: str, k: int) -> str:
+    if rule == "ppm-weighted":
+        return "-vppm"
+    if rule == "learned":
+        return "-vsel"
+    return "" if k == SearchConfig.top_k_vote else f"-v{k}"  # the top-4 vote keeps older run names
 
 
 def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: bool = True,
@@ -108,13 +116,13 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
     return rows
 
 
-def revote_name(source_run: str, config) -> str:
+def revote_name(source_run: str, rule: str, top_k: int) -> str:
     """A re-voted run's name: the source's, plus the rule. Never the source's own name, so a re-vote
     cannot overwrite (and cut down to --limit) the run it reads."""
-    return f"{source_run}-rv-" + ("vppm" if config.vote == "ppm-weighted" else f"v{config.top_k_vote}")
+    return f"{source_run}-rv-" + (_vote_suffix(rule, top_k)[1:] or f"v{top_k}")
 
 
-def revote(items: list[dict], config, trees_dir: Path, out_path: Path) -> list[dict]:
+def revote(items: list[dict], config, trees_dir: Path, out_path: Path, selector=None) -> list[dict]:
     """Rows for `config`'s answer rule from a finished run's saved trees, without searching again:
     the rule only reads the tree, so this is the run that rule would have given on the same
     search. Each tree keeps its own strategy's vote size (majority counts every terminal).
@@ -136,7 +144,7 @@ def revote(items: list[dict], config, trees_dir: Path, out_path: Path) -> list[d
         if tree.gold is not None and str(tree.gold) != str(it["gold"]):
             raise ValueError(f"{path}: graded against {tree.gold!r}, but the benchmark's answer to {it['id']} "
                              f"is {it['gold']!r}: another benchmark or data file?")
-        tree.vote(vote_top_k(tree.meta.get("config", {}).get("strategy", ""), config), config.vote)
+        tree.vote(vote_top_k(tree.meta.get("config", {}).get("strategy", ""), config), config.vote, selector)
         rows.append({**src[it["id"]], "answer": tree.answer, "correct": is_correct(tree.answer, it["gold"]),
                      "in_tree": gold_in_tree(tree, it["gold"])})
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -230,21 +238,37 @@ def main(a) -> int:
         if source.get("bench", a.bench) != a.bench:
             print(f"error: {src} is a {source['bench']} run; pass --bench {source['bench']}", file=sys.stderr)
             return 2
+        selector = None
+        no_ppm = "no PPM" in source["models"]  # Weights.describe's words: the trees hold no PPM score
+        if config.vote == "learned" or (config.vote == "auto" and not no_ppm):  # the weights' selector
+            from .selector import Selector
+            from .weights import WeightsError, load_weights
+            try:
+                spath = load_weights(a.weights).selector
+            except WeightsError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            if spath is None and config.vote == "learned":
+                print("error: --vote learned needs weights whose manifest names ppm.selector", file=sys.stderr)
+                return 2
+            selector = Selector.load(spath) if spath else None
+        rule = ("learned" if selector else "top-k") if config.vote == "auto" else config.vote
         # the search is the source's: its settings, not this command line's, describe the rows
-        name, models = revote_name(source.get("run", src.stem), config), source["models"]
+        name = revote_name(source.get("run", src.stem), rule, config.top_k_vote)
+        models = source["models"] + (f", answers by {selector.name}" if rule == "learned" else "")
         search = {k: source.get(k) for k in ("strategy", "rollouts", "candidates", "greedy_first")}
         print(f"{name}: {len(items)} problems, answers re-voted from {src}")
         try:
-            rows = revote(items, config, src, out / f"{name}.jsonl")
+            rows = revote(items, config, src, out / f"{name}.jsonl", selector)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     else:
-        name = run_name(a)
         search = {"strategy": a.strategy, "rollouts": a.rollouts, "candidates": a.candidates,
                   "greedy_first": config.greedy_first}
         engine = engine_from_args(a, max_candidates=config.candidates)
-        models = engine.description
+        rule = engine.vote_rule(config)
+        name, models = run_name(a, rule), engine.description
         print(f"{name}: {len(items)} problems, models: {models}")
         try:
             trees = None
@@ -255,7 +279,7 @@ def main(a) -> int:
         finally:
             engine.close()
     summary = {"run": name, "bench": a.bench, "strategy": search["strategy"], "rollouts": search["rollouts"],
-               "limit": a.limit, "candidates": search["candidates"], "vote": config.vote,
+               "limit": a.limit, "candidates": search["candidates"], "vote": rule,
                "top_k_vote": config.top_k_vote, "greedy_first": search["greedy_first"], "models": models,
                **summarize(rows)}
     _write_json(out / f"{name}.summary.json", summary, indent=1)

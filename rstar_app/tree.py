@@ -10,7 +10,10 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:
+    from .selector import Selector
 
 TRACE_FORMAT = "rstar-app-trace"
 TRACE_VERSION = 1
@@ -19,8 +22,9 @@ MAX_TRACE_NODES = 20_000
 
 # Node.status values
 ROOT, OK, ERROR, DEAD, TERMINAL = "root", "ok", "error", "dead", "terminal"
-# Tree.vote rules: majority over the top-k terminals by value, or every terminal weighted by its PPM score
-VOTE_RULES = ("top-k", "ppm-weighted")
+# Tree.vote rules: majority over the top-k terminals by value, every terminal weighted by its PPM score,
+# the learned selector (rstar_app/selector.py), or "auto": the selector when one is given, else top-k
+VOTE_RULES = ("auto", "top-k", "ppm-weighted", "learned")
 
 
 @dataclass
@@ -159,25 +163,36 @@ class Tree:
             self.emit(Event("update", nd.id, {"q": nd.q, "n": nd.n, "value": nd.value}))
 
     # -- the answer --
-    def vote(self, top_k: int, rule: str = "top-k") -> str | None:
-        """The final answer; sets best_path. Terminals are ranked by value (ties: PPM score).
+    def vote(self, top_k: int, rule: str = "top-k", selector: "Selector | None" = None) -> str | None:
+        """The final answer; sets best_path and meta["vote"] (the rule that chose). Terminals are
+        ranked by value (ties: PPM score).
         rule "top-k": a majority vote over the top_k ranked terminals' equivalent answers.
         rule "ppm-weighted": every terminal votes with weight (PPM + 1) / 2, its score on [0, 1]
         (0.5 without a PPM, i.e. a plain vote over all terminals). Ties go to the answer whose
-        best terminal ranks higher; best_path ends at that terminal."""
+        best terminal ranks higher; best_path ends at that terminal.
+        rule "learned": the answer `selector` scores highest; best_path ends at its best-PPM terminal.
+        rule "auto": "learned" when a selector is given, else "top-k"."""
+        if rule == "auto":
+            rule = "learned" if selector is not None else "top-k"
+        self.meta["vote"] = rule
         ranked = sorted(self.terminals(), key=lambda nd: (nd.value, nd.ppm or 0.0, -nd.id), reverse=True)
         if not ranked:
             self.answer, self.best_path = None, []
             return None
-        if rule == "top-k":
-            groups = group_by_answer(ranked[:top_k])
-            weight: Callable[[list[Node]], float] = len
-        elif rule == "ppm-weighted":
-            groups = group_by_answer(ranked)
-            weight = lambda g: sum(((nd.ppm if nd.ppm is not None else 0.0) + 1.0) / 2.0 for nd in g)  # noqa: E731
+        if rule == "learned":
+            if selector is None:
+                raise ValueError('vote rule "learned" needs a selector (weights with ppm.selector in the manifest)')
+            best = selector.choose(self)[0]
         else:
-            raise ValueError(f"unknown vote rule {rule!r}; use one of {VOTE_RULES}")
-        best = max(groups, key=lambda g: (weight(g), -ranked.index(g[0])))[0]
+            if rule == "top-k":
+                groups = group_by_answer(ranked[:top_k])
+                weight: Callable[[list[Node]], float] = len
+            elif rule == "ppm-weighted":
+                groups = group_by_answer(ranked)
+                weight = lambda g: sum(((nd.ppm if nd.ppm is not None else 0.0) + 1.0) / 2.0 for nd in g)  # noqa: E731
+            else:
+                raise ValueError(f"unknown vote rule {rule!r}; use one of {VOTE_RULES}")
+            best = max(groups, key=lambda g: (weight(g), -ranked.index(g[0])))[0]
         self.answer = best.answer
         self.best_path = [nd.id for nd in self.path(best)]
         return self.answer

@@ -52,6 +52,7 @@ class Weights:
     few_shot: bool          # prompt the policy with worked examples (untrained base)
     round: int
     manifest: dict
+    selector: Path | None = None   # the learned answer rule fit on this PPM's scores (rstar_app/selector.py)
 
     @property
     def has_ppm(self) -> bool:
@@ -94,5 +95,5 @@ def load_weights(directory: str | Path | None = None, *, verify: bool = False) -
 
     policy, ppm = m.get("policy"), m.get("ppm")
     return Weights(base=base, policy_adapter=local(policy, "adapter"), ppm_adapter=local(ppm, "adapter"),
-                   ppm_head=local(ppm, "head"), few_shot=bool((m.get("prompt") or {}).get("few_shot", policy is None)),
+                   ppm_head=local(ppm, "head"), selector=local(ppm, "selector"), few_shot=bool((m.get("prompt") or {}).get("few_shot", policy is None)),
                    round=int(m.get("round", 0)), manifest=m)

@@ -381,19 +381,21 @@ class Round:
         })
         m.setdefault("eval", {})  # filled by the evaluation harness
         atomic_write_json(wd / "manifest.json", _portable(m))
-        removed = _prune(wd, keep=[policy_file] + ([ppm["adapter"], ppm["head"]] if ppm else []))
+        keep = [policy_file] + ([ppm["adapter"], ppm["head"]] + ([ppm["selector"]] if ppm.get("selector") else [])
+                                if ppm else [])
+        removed = _prune(wd, keep=keep)
         self.mark("publish", manifest=str(wd / "manifest.json"), removed=removed)
         print(f"[evolve r{self.k}] published {policy_file}" + (f" + {ppm['adapter']}" if ppm else "")
               + f" -> {wd / 'manifest.json'}", flush=True)
 
 
 def _prune(wd: Path, keep: list[str]) -> list[str]:
-    """Replace, don't accumulate: delete earlier rounds' adapters/heads (and their side files) that the
-    manifest no longer names; git history keeps them."""
+    """Replace, don't accumulate: delete earlier rounds' adapters/heads/selectors (and their side files)
+    that the manifest no longer names (a selector is fit on one PPM's scores); git history keeps them."""
     stems = {k.split(".")[0] for k in keep}
     gone = []
     for f in sorted(wd.iterdir()):
-        if re.fullmatch(r"(policy|ppm|ppm-head)-r\d+(\.[\w]+)+", f.name) and f.name.split(".")[0] not in stems:
+        if re.fullmatch(r"(policy|ppm|ppm-head|selector)-r\d+(\.[\w]+)+", f.name) and f.name.split(".")[0] not in stems:
             f.unlink()
             gone.append(f.name)
     return gone

@@ -21,6 +21,7 @@ from typing import Callable
 from rstar_app.eval import gold_in_tree
 from rstar_app.grading import is_correct
 from rstar_app.search.simple import ALL_TERMINALS
+from rstar_app.selector import Selector
 from rstar_app.tree import Node, Tree, group_by_answer
 
 
@@ -76,6 +77,13 @@ RULES: list[Callable[[Tree], str | None]] = [
 ]
 
 
+def _learned(selector: Selector) -> Callable[[Tree], str | None]:
+    def rule(tree: Tree) -> str | None:
+        return tree.vote(1, "learned", selector)
+    rule.__name__ = f"learned selector ({selector.name})"
+    return rule
+
+
 def load_trees(dirs: list[str]) -> list[Tree]:
     trees = []
     for d in dirs:
@@ -83,10 +91,12 @@ def load_trees(dirs: list[str]) -> list[Tree]:
     return trees
 
 
-def compare(trees: list[Tree]) -> list[tuple[str, int]]:
-    """[(rule name, problems answered correctly)], with 'in tree' (the ceiling) last."""
+def compare(trees: list[Tree], selector: Selector | None = None) -> list[tuple[str, int]]:
+    """[(rule name, problems answered correctly)], with 'in tree' (the ceiling) last; with a selector,
+    its rule too (the engine's --vote learned)."""
     graded = [t for t in trees if t.gold is not None]
-    out = [(rule.__name__, sum(is_correct(rule(t), t.gold) for t in graded)) for rule in RULES]
+    rules = RULES + ([_learned(selector)] if selector else [])
+    out = [(rule.__name__, sum(is_correct(rule(t), t.gold) for t in graded)) for rule in rules]
     out.append(("in tree (ceiling)", sum(gold_in_tree(t, t.gold) for t in graded)))
     return out
 
@@ -123,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", help="tree directories written by `rstar-app eval --save-trees`")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--selector", help="a selector file (weights/selector-r*.json) to add the learned rule")
     a = p.parse_args(argv)
     try:
         trees = [t for t in load_trees(a.dirs) if t.gold is not None]
@@ -132,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     if not trees:
         print("no graded trees found (run `rstar-app eval --save-trees` first)", file=sys.stderr)
         return 1
-    rows = compare(trees)
+    try:
+        selector = Selector.load(a.selector) if a.selector else None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = compare(trees, selector)
     chance = random_terminal(trees)
     ranking, pairs = ppm_ranking(trees)
     if a.json:

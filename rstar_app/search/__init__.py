@@ -6,6 +6,7 @@ from typing import Callable
 
 from ..config import SearchConfig
 from ..models.base import Executor, Policy, ValueModel
+from ..selector import Selector
 from ..steps import build_prompt
 from ..tree import Event, Tree
 from .common import Search
@@ -33,6 +34,7 @@ def run(
     gold: str | None = None,
     on_event: Callable[[Event], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    selector: Selector | None = None,
 ) -> Tree:
     """Search for a solution of `problem` and return the whole tree (answer in tree.answer).
 
@@ -45,13 +47,15 @@ def run(
             measuring accuracy: then rewards come from the PPM only.
         on_event: called with every Event as the tree grows (UI streaming).
         should_stop: polled between events; True cancels and returns the partial tree.
+        selector: the learned answer rule, used when config.vote is "auto" or "learned".
     """
     tree = Tree(problem, build_prompt(problem, few_shot=few_shot), gold=gold)
     if on_event is not None:
         tree.listeners.append(on_event)
     tree.meta.update({"strategy": config.strategy, "policy": getattr(policy, "name", "?"),
                       "ppm": getattr(ppm, "name", None), "few_shot": few_shot})
-    s = Search(tree, policy, ppm, executor, config, gold=gold, should_stop=should_stop)
+    s = Search(tree, policy, ppm, executor, config, gold=gold, should_stop=should_stop,
+               selector=selector)
     return STRATEGIES[config.strategy](s)
 
 

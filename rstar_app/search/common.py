@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from ..config import SearchConfig
 from ..grading import is_correct, same_answer
 from ..models.base import Executor, Policy, ValueModel
+from ..selector import Selector
 from ..steps import STOP, Step, parse_step, render_step
 from ..tree import DEAD, ERROR, OK, TERMINAL, Cancelled, Event, Node, Tree
 
@@ -35,6 +36,7 @@ class Search:
     config: SearchConfig
     gold: str | None = None               # ground truth for rewards: training rollouts only
     should_stop: Callable[[], bool] | None = None
+    selector: Selector | None = None      # the learned answer rule (vote "auto" / "learned")
     started: float = field(default_factory=time.monotonic)
     tokens: int = 0
     rollouts: int = 0
@@ -174,7 +176,7 @@ class Search:
 
     def finish(self, stopped: str | None, top_k: int | None = None) -> Tree:
         tree = self.tree
-        tree.vote(self.config.top_k_vote if top_k is None else top_k, self.config.vote)
+        tree.vote(self.config.top_k_vote if top_k is None else top_k, self.config.vote, self.selector)
         tree.meta.update({"config": self.config.to_dict(), "stats": self.stats(), "stopped": stopped})
         tree.emit(Event("done", None, {"answer": tree.answer, "best_path": tree.best_path, **self.stats()}))
         return tree

@@ -64,6 +64,10 @@ def make_config(strategy="mcts", rollouts=8, candidates=4, c_puct=2.0, temperatu
     return SearchConfig(strategy=strategy, **vals)
 
 
+RULE_WORDS = {"learned": "the learned answer selector (PPM scores, answer counts, use of the problem's numbers)",
+              "top-k": "a vote of the best terminals by value", "ppm-weighted": "a vote weighted by PPM score"}
+
+
 def answer_card(tree: Tree | None) -> str:
     if tree is None:
         return "### Answer\n\n_No answer yet._"
@@ -74,6 +78,9 @@ def answer_card(tree: Tree | None) -> str:
     votes = ", ".join(f"{a} ×{c}" for a, c in counts.most_common(5))
     st = tree.meta.get("stats", {})
     extra = f"  \nTerminal answers found: {votes}" if votes else ""
+    rule = RULE_WORDS.get(tree.meta.get("vote", ""))
+    if rule and votes:
+        extra += f"  \nChosen by {rule}"
     if tree.gold is not None:
         extra += f"  \nGround truth: ${tree.gold}$"
     return (f"### Answer: $\\boxed{{{tree.answer}}}$\n\n"

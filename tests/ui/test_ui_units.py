@@ -17,7 +17,7 @@ from rstar_app.tree import Tree
 from rstar_app.ui import classroom, inspector
 from rstar_app.ui.events import TreeMirror, replay
 from rstar_app.ui.figure import CATEGORIES, category, figure_json, tidy_positions, tree_figure, visible_nodes
-from rstar_app.ui.handlers import load_examples, make_config
+from rstar_app.ui.handlers import answer_card, load_examples, make_config
 from rstar_app.ui.session import Busy, EngineHolder, SearchLine, SessionStore, problem_notice, stream_search
 
 PROBLEM = "Ann has 2 apples and gets 3 more. How many?"
@@ -254,6 +254,14 @@ def test_sessions_are_dropped_and_expire():
     for k in "bcd":
         store.get(k)
     assert len(store) == 2
+
+
+def test_answer_card_names_the_rule_that_chose_the_answer():
+    from rstar_app.selector import Selector
+    assert "Chosen by a vote of the best terminals by value" in answer_card(search())
+    tree = run(PROBLEM, policy=ScriptedPolicy(script()), executor=InProcessExecutor(),
+               config=SearchConfig(rollouts=6, candidates=3, seed=0), selector=Selector({"logc": 1.0}))
+    assert tree.meta["vote"] == "learned" and "Chosen by the learned answer selector" in answer_card(tree)
 
 
 def test_shipped_examples_load_and_are_small():

@@ -68,7 +68,7 @@ def test_from_trees_re_votes_a_finished_run_without_a_model(tmp_path, monkeypatc
     # the command line's search flags (greedy, 2 rollouts) are not the source's: the source's win
     args = ["eval", "--bench", "practice", "--limit", "3", "--strategy", "greedy", "--rollouts", "2",
             "--out", str(out), "--from-trees", str(trees)]
-    assert main(args) == 0
+    assert main(args + ["--vote", "top-k"]) == 0
     assert [r["answer"] for r in read_rows(out / f"{SOURCE}-rv-v4.jsonl")] == ["9"] * 3
     assert main(args + ["--vote", "ppm-weighted"]) == 0
     rows = read_rows(out / f"{SOURCE}-rv-vppm.jsonl")
@@ -76,6 +76,29 @@ def test_from_trees_re_votes_a_finished_run_without_a_model(tmp_path, monkeypatc
     summary = json.loads((out / f"{SOURCE}-rv-vppm.summary.json").read_text())
     assert summary["accuracy"] == 1.0 and summary["vote"] == "ppm-weighted" and summary["models"] == "policy X, PPM Y"
     assert (summary["strategy"], summary["rollouts"], summary["candidates"]) == ("mcts", 8, 4)
+
+
+def test_from_trees_auto_uses_the_weights_selector_and_learned_refuses_weights_without_one(tmp_path, monkeypatch, capsys):
+    from rstar_app.selector import Selector
+    ids = [f"practice-{i}" for i in range(2)]
+    _bench(monkeypatch, ids)
+    trees = _saved_run(tmp_path, {i: SPLIT for i in ids})
+    weights = tmp_path / "w"
+    weights.mkdir()
+    Selector({"maxp": 1.0}, name="sel.json").save(weights / "sel.json")
+    (weights / "manifest.json").write_text(json.dumps({"round": 3, "ppm": {"selector": "sel.json"}}))
+    out = tmp_path / "out"
+    args = ["eval", "--bench", "practice", "--limit", "2", "--out", str(out), "--from-trees", str(trees)]
+    assert main(args + ["--weights", str(weights)]) == 0  # auto: the selector's best PPM answer, 5
+    rows = read_rows(out / f"{SOURCE}-rv-vsel.jsonl")
+    assert [r["answer"] for r in rows] == ["5", "5"]
+    summary = json.loads((out / f"{SOURCE}-rv-vsel.summary.json").read_text())
+    assert summary["vote"] == "learned" and summary["models"] == "policy X, PPM Y, answers by sel.json"
+    (weights / "manifest.json").write_text(json.dumps({"round": 3, "ppm": {}}))
+    assert main(args + ["--weights", str(weights), "--vote", "learned"]) == 2
+    assert "--vote learned needs weights whose manifest names ppm.selector" in capsys.readouterr().err
+    assert main(args + ["--weights", str(weights)]) == 0  # auto without a selector: the top-4 vote
+    assert [r["answer"] for r in read_rows(out / f"{SOURCE}-rv-v4.jsonl")] == ["9", "9"]
 
 
 def test_from_trees_into_the_source_folder_leaves_the_source_run_whole(tmp_path, monkeypatch):
@@ -94,8 +117,8 @@ def test_from_trees_keeps_a_majority_runs_vote_over_every_terminal(tmp_path, mon
     trees = _saved_run(tmp_path, {"a": [("5", 0.9, 0.0), ("5", 0.8, 0.0), ("9", 0.1, 0.0), ("9", 0.0, 0.0),
                                         ("9", 0.0, 0.0)]}, strategy="majority", gold="9")
     out = tmp_path / "out"
-    assert main(["eval", "--bench", "practice", "--limit", "1", "--top-k-vote", "2", "--out", str(out),
-                 "--from-trees", str(trees)]) == 0
+    assert main(["eval", "--bench", "practice", "--limit", "1", "--top-k-vote", "2", "--vote", "top-k",
+                 "--out", str(out), "--from-trees", str(trees)]) == 0
     [row] = read_rows(out / f"{SOURCE}-rv-v2.jsonl")
     assert row["answer"] == "9" and row["correct"]
 

@@ -98,3 +98,14 @@ def test_missing_bootstrap_is_rebuilt_not_skipped(tmp_path, capsys):
     boot.write_text("")
     r.bootstrap("extract")
     assert "training.bootstrap" not in capsys.readouterr().out  # present: used as is
+
+
+def test_publish_prunes_earlier_rounds_files_the_manifest_no_longer_names(tmp_path):
+    from training.evolve import _prune
+    for name in ("policy-r3.gguf", "policy-r3.gguf.json", "ppm-r3.gguf", "ppm-head-r3.npz", "selector-r3.json",
+                 "policy-r4.gguf", "ppm-r4.gguf", "ppm-head-r4.npz", "selector-r4.json", "manifest.json", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    gone = _prune(tmp_path, keep=["policy-r4.gguf", "ppm-r4.gguf", "ppm-head-r4.npz", "selector-r4.json"])
+    assert sorted(gone) == ["policy-r3.gguf", "policy-r3.gguf.json", "ppm-head-r3.npz", "ppm-r3.gguf", "selector-r3.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "notes.txt", "policy-r4.gguf",
+                                                          "ppm-head-r4.npz", "ppm-r4.gguf", "selector-r4.json"]

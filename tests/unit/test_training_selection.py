@@ -49,6 +49,14 @@ def test_cli_reads_saved_trees_and_skips_ungraded(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["problems"] == 1 and out["rules"]["top-4 vote by value"] == 1
     assert out["random_terminal"] == 1.0 and out["ppm_ranking"] is None  # no wrong terminal to rank
+    from rstar_app.selector import Selector
+    Selector({"maxp": 1.0}).save(tmp_path / "sel.json")
+    assert main([str(d), "--json", "--selector", str(tmp_path / "sel.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["rules"]["learned selector (sel.json)"] == 1
+    Selector({"maxp": 1.0}, name="").save(tmp_path / "unnamed.json")
+    assert Selector.load(tmp_path / "unnamed.json").name == "unnamed.json"
+    assert main([str(d), "--selector", str(tmp_path / "missing.json")]) == 2
+    assert "not a readable selector file" in capsys.readouterr().err
     assert main([str(tmp_path / "missing")]) == 1
     (d / "c.json").write_text("{not json")
     assert main([str(d)]) == 2 and "c.json" in capsys.readouterr().err
