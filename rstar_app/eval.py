@@ -72,7 +72,8 @@ def run_name(a, rule: str | None = None) -> str:
     k = getattr(a, "top_k_vote", SearchConfig.top_k_vote)
     rule = rule or getattr(a, "vote", "top-k")
     greedy = "-g" if getattr(a, "greedy_first", False) else ""
-    return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}{_vote_suffix(rule, k)}{greedy}-s{a.seed}-ss{a.sample_seed}"
+    vote = "" if a.strategy == "greedy" else _vote_suffix(rule, k)  # one trajectory: no rule can differ
+    return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}{vote}{greedy}-s{a.seed}-ss{a.sample_seed}"
 
 
 def _vote_suffix(rule: str, k: int) -> str:

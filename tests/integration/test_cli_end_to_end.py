@@ -26,6 +26,7 @@ def test_solve_runs_a_real_search_and_dumps_the_tree_as_json():
     for key in ("text", "code", "output", "q", "n", "ppm", "status", "value"):
         assert key in nodes[1]
     assert trace["meta"]["stats"]["rollouts"] >= 1
+    assert trace["meta"]["vote"] == "learned"  # the shipped weights' answer selector chose the answer
 
 
 def test_solve_prints_solution_and_statistics_and_says_which_models():
@@ -81,22 +82,25 @@ def test_eval_record_puts_the_summary_and_command_into_the_weights_manifest(tmp_
 
 def test_eval_save_trees_keeps_graded_trees_that_selection_rules_can_replay(tmp_path):
     r = cli("eval", "--bench", "multiarith", "--strategy", "majority", "--rollouts", "2", "--limit", "1",
-            "--top-k-vote", "2", "--max-tokens", "600", "--out", str(tmp_path), "--data", str(SHARED_DATA),
-            "--save-trees")
+            "--vote", "top-k", "--top-k-vote", "2", "--max-tokens", "600", "--out", str(tmp_path),
+            "--data", str(SHARED_DATA), "--save-trees")
     assert r.returncode == 0, r.stderr[-2000:]
     [trees] = tmp_path.glob("*-v2-*.trees")          # a non-default vote is part of the run name
     [path] = trees.glob("*.json")
     tree = json.loads(path.read_text())
     [row] = [json.loads(l) for l in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
     assert tree["gold"] == row["gold"] and tree["answer"] == row["answer"] and len(tree["nodes"]) > 2
-    s = subprocess.run([sys.executable, "-m", "training.selection", str(trees), "--json"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    from rstar_app.weights import load_weights
+    selector = load_weights().selector  # the shipped answer selector, which the default --vote auto uses
+    s = subprocess.run([sys.executable, "-m", "training.selection", str(trees), "--json", "--selector", str(selector)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert s.returncode == 0, s.stderr[-2000:]
     rules = json.loads(s.stdout)["rules"]
     assert rules["in tree (ceiling)"] == int(row["in_tree"]) and set(rules.values()) <= {0, 1}
     # the same search re-voted without a model: by PPM weight it agrees with the replay of that rule;
-    # by the source's own rule it reproduces the source's answer (majority counts every terminal)
-    for vote, suffix in ((["--vote", "ppm-weighted"], "vppm"), (["--top-k-vote", "2"], "v2")):
+    # so does the default rule (the shipped selector); by the source's own rule it reproduces the
+    # source's answer (majority counts every terminal)
+    for vote, suffix in ((["--vote", "ppm-weighted"], "vppm"), ([], "vsel"), (["--vote", "top-k", "--top-k-vote", "2"], "v2")):
         r = cli("eval", "--bench", "multiarith", "--limit", "1", *vote, "--out", str(tmp_path / "rv"),
                 "--data", str(SHARED_DATA), "--from-trees", str(trees))
         assert r.returncode == 0, r.stderr[-2000:]
@@ -104,5 +108,7 @@ def test_eval_save_trees_keeps_graded_trees_that_selection_rules_can_replay(tmp_
         assert rv["tokens"] == row["tokens"] and rv["in_tree"] == row["in_tree"]
         if suffix == "vppm":
             assert rv["correct"] == rules["vote weighted by terminal PPM"]
+        elif suffix == "vsel":
+            assert rv["correct"] == rules[f"learned selector ({selector.name})"]
         else:
             assert rv["answer"] == row["answer"]
