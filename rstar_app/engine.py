@@ -14,7 +14,7 @@ from typing import Callable
 from .config import SearchConfig
 from .selector import Selector
 from .tree import Event, Tree
-from .weights import Weights, load_weights
+from .weights import Weights, WeightsError, load_weights
 
 
 class Engine:
@@ -62,6 +62,15 @@ class Engine:
         base = Path(policy_path) if policy_path else w.base
         adapter = policy_adapter if policy_path else (w.policy_adapter if w else None)
         shot = few_shot if few_shot is not None else (w.few_shot if w and not policy_path else adapter is None)
+        head = ppm_head or (w.ppm_head if w else None)
+        selector = None
+        if head and not no_ppm and w and w.selector and not (ppm_head or ppm_path or ppm_adapter):
+            # fit on the weights' own PPM scores (a PPM given by path gets none: "auto" = top-k vote);
+            # read before the models load, so a broken file is reported at once
+            try:
+                selector = Selector.load(w.selector)
+            except ValueError as e:
+                raise WeightsError(f"{e}; restore it with `git checkout weights/`.") from None
         if api_url:
             from .models.openai_api import OpenAIPolicy
             policy = OpenAIPolicy(api_url, model=api_model, n_ctx=n_ctx, tokenizer_path=base)
@@ -70,7 +79,6 @@ class Engine:
             policy = LlamaPolicy(base, adapter=str(adapter) if adapter else None, max_candidates=max_candidates,
                                  n_ctx=n_ctx, n_threads=n_threads)
         ppm = None
-        head = ppm_head or (w.ppm_head if w else None)
         if head and not no_ppm:
             from .models.llama_cpp import LlamaPPM
             padapter = ppm_adapter if (ppm_head or ppm_path) else (w.ppm_adapter if w else None)
@@ -78,10 +86,7 @@ class Engine:
                            max_candidates=max_candidates, n_ctx=n_ctx, n_threads=n_threads)
         desc = w.describe(ppm=ppm is not None) if (w and not policy_path and not api_url) else (
             f"policy {getattr(policy, 'name', '?')}" + (f", {ppm.name}" if ppm else ", no PPM"))
-        selector = None
-        if ppm is not None and w and w.selector and not (ppm_head or ppm_path or ppm_adapter):
-            # fit on this PPM's scores: a PPM given by path gets no selector ("auto" = top-k vote)
-            selector = Selector.load(w.selector)
+        if selector is not None:
             desc += f", answers by {w.selector.name}"
         if shot:
             desc += " [few-shot prompt]"

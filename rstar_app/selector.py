@@ -106,5 +106,8 @@ class Selector:
             raise ValueError(f"{path}: not a readable selector file ({e})") from None
         if not isinstance(d, dict) or d.get("format") != SELECTOR_FORMAT or not isinstance(d.get("weights"), dict):
             raise ValueError(f"{path}: not an {SELECTOR_FORMAT} file")
-        return cls(weights={k: float(v) for k, v in d["weights"].items()}, name=d.get("name") or Path(path).name,
-                   fit=d.get("fit") or {})
+        try:
+            weights = {k: float(v) for k, v in d["weights"].items()}
+            return cls(weights=weights, name=d.get("name") or Path(path).name, fit=d.get("fit") or {})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: bad selector weights ({e})") from None

@@ -74,7 +74,26 @@ def test_selector_files_round_trip_and_bad_ones_say_why(tmp_path):
         Selector.load(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="not a readable selector file"):
         Selector.load(tmp_path / "missing.json")
+    (tmp_path / "junk.json").write_text('{"format": "rstar-app-selector", "weights": {"logc": "many"}}')
+    with pytest.raises(ValueError, match="junk.json: bad selector weights"):
+        Selector.load(tmp_path / "junk.json")
+    (tmp_path / "unknown.json").write_text('{"format": "rstar-app-selector", "weights": {"votes": 1}}')
+    with pytest.raises(ValueError, match="unknown.json: bad selector weights .unknown selector features"):
+        Selector.load(tmp_path / "unknown.json")
     with pytest.raises(ValueError, match="unknown selector features"):
         Selector({"votes": 1.0})
     with pytest.raises(ValueError, match="finite"):
         Selector({"logc": float("nan")})
+
+
+def test_a_broken_shipped_selector_is_a_weights_error_before_any_model_loads(tmp_path):
+    import json
+
+    from rstar_app.engine import Engine
+    from rstar_app.weights import WeightsError
+    (tmp_path / "head.npz").write_bytes(b"not loaded")
+    (tmp_path / "selector-r3.json").write_text("{truncated")
+    (tmp_path / "manifest.json").write_text(json.dumps({"round": 3, "ppm": {"head": "head.npz",
+                                                                             "selector": "selector-r3.json"}}))
+    with pytest.raises(WeightsError, match="selector-r3.json: not a readable selector file.*git checkout weights/"):
+        Engine.load(weights_dir=tmp_path)
