@@ -13,8 +13,8 @@ from typing import Callable
 
 from .config import SearchConfig
 from .selector import Selector
-from .tree import Event, Tree
-from .weights import Weights, WeightsError, load_weights
+from .tree import Event, Tree, resolve_vote
+from .weights import Weights, load_selector, load_weights
 
 
 class Engine:
@@ -64,13 +64,10 @@ class Engine:
         shot = few_shot if few_shot is not None else (w.few_shot if w and not policy_path else adapter is None)
         head = ppm_head or (w.ppm_head if w else None)
         selector = None
-        if head and not no_ppm and w and w.selector and not (ppm_head or ppm_path or ppm_adapter):
+        if head and not no_ppm and w and not (ppm_head or ppm_path or ppm_adapter):
             # fit on the weights' own PPM scores (a PPM given by path gets none: "auto" = top-k vote);
             # read before the models load, so a broken file is reported at once
-            try:
-                selector = Selector.load(w.selector)
-            except ValueError as e:
-                raise WeightsError(f"{e}; restore it with `git checkout weights/`.") from None
+            selector = load_selector(w)
         if api_url:
             from .models.openai_api import OpenAIPolicy
             policy = OpenAIPolicy(api_url, model=api_model, n_ctx=n_ctx, tokenizer_path=base)
@@ -95,7 +92,7 @@ class Engine:
 
     def vote_rule(self, config: SearchConfig) -> str:
         """The answer rule `config.vote` resolves to on this engine ("auto": learned if it has a selector)."""
-        return ("learned" if self.selector is not None else "top-k") if config.vote == "auto" else config.vote
+        return resolve_vote(config.vote, self.selector is not None)
 
     def solve(self, problem: str, config: SearchConfig, *, gold: str | None = None,
               on_event: Callable[[Event], None] | None = None,

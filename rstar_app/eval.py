@@ -19,6 +19,7 @@ from pathlib import Path
 from .config import SearchConfig
 from .grading import is_correct
 from .jsonl import append_row, read_rows
+from .tree import resolve_vote
 
 DEFAULT_DATA = next((p for p in (Path(__file__).resolve().parent.parent.parent / "shared" / "data",
                                  Path("/work/shared/data")) if p.is_dir()), Path("../shared/data"))
@@ -242,18 +243,16 @@ def main(a) -> int:
         selector = None
         no_ppm = "no PPM" in source["models"]  # Weights.describe's words: the trees hold no PPM score
         if config.vote == "learned" or (config.vote == "auto" and not no_ppm):  # the weights' selector
-            from .selector import Selector
-            from .weights import WeightsError, load_weights
+            from .weights import WeightsError, load_selector, load_weights
             try:
-                spath = load_weights(a.weights).selector
+                selector = load_selector(load_weights(a.weights))
             except WeightsError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
-            if spath is None and config.vote == "learned":
+            if selector is None and config.vote == "learned":
                 print("error: --vote learned needs weights whose manifest names ppm.selector", file=sys.stderr)
                 return 2
-            selector = Selector.load(spath) if spath else None
-        rule = ("learned" if selector else "top-k") if config.vote == "auto" else config.vote
+        rule = resolve_vote(config.vote, selector is not None)
         # the search is the source's: its settings, not this command line's, describe the rows
         name = revote_name(source.get("run", src.stem), rule, config.top_k_vote)
         models = source["models"] + (f", answers by {selector.name}" if rule == "learned" else "")

@@ -27,6 +27,11 @@ ROOT, OK, ERROR, DEAD, TERMINAL = "root", "ok", "error", "dead", "terminal"
 VOTE_RULES = ("auto", "top-k", "ppm-weighted", "learned")
 
 
+def resolve_vote(rule: str, has_selector: bool) -> str:
+    """The rule a vote setting stands for: "auto" is "learned" with a selector, else "top-k"."""
+    return ("learned" if has_selector else "top-k") if rule == "auto" else rule
+
+
 @dataclass
 class Node:
     """One step of a trajectory. `q` is the summed reward and `n` the visits, so Q = q / n."""
@@ -172,8 +177,7 @@ class Tree:
         best terminal ranks higher; best_path ends at that terminal.
         rule "learned": the answer `selector` scores highest; best_path ends at its best-PPM terminal.
         rule "auto": "learned" when a selector is given, else "top-k"."""
-        if rule == "auto":
-            rule = "learned" if selector is not None else "top-k"
+        rule = resolve_vote(rule, selector is not None)
         self.meta["vote"] = rule
         ranked = sorted(self.terminals(), key=lambda nd: (nd.value, nd.ppm or 0.0, -nd.id), reverse=True)
         if not ranked:

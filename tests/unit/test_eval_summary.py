@@ -94,6 +94,9 @@ def test_from_trees_auto_uses_the_weights_selector_and_learned_refuses_weights_w
     assert [r["answer"] for r in rows] == ["5", "5"]
     summary = json.loads((out / f"{SOURCE}-rv-vsel.summary.json").read_text())
     assert summary["vote"] == "learned" and summary["models"] == "policy X, PPM Y, answers by sel.json"
+    (weights / "sel.json").write_text("{truncated")
+    assert main(args + ["--weights", str(weights)]) == 2
+    assert "sel.json: not a readable selector file" in capsys.readouterr().err
     (weights / "manifest.json").write_text(json.dumps({"round": 3, "ppm": {}}))
     assert main(args + ["--weights", str(weights), "--vote", "learned"]) == 2
     assert "--vote learned needs weights whose manifest names ppm.selector" in capsys.readouterr().err
