@@ -93,6 +93,28 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
 
 
+def publish_ppm_file(weights_dir: Path, key: str, src: Path, name: str, *, command: str, tool: str,
+                     record_key: str, record: dict) -> Path:
+    """Copy `src` into <weights_dir>/<name> and point the manifest's ppm[key] at it with its sha256,
+    replace `tool`'s earlier command in ppm.made_by with `command`, store `record` as ppm[record_key],
+    and delete the file it replaces (git history keeps it). training.head and training.selector swap
+    their products into a release this way."""
+    import shutil
+    mpath = weights_dir / "manifest.json"
+    m = json.loads(mpath.read_text())
+    ppm = m["ppm"]
+    old = weights_dir / ppm[key] if ppm.get(key) else None
+    dst = weights_dir / name
+    shutil.copyfile(src, dst)
+    ppm[key], ppm["sha256"][key] = name, sha256_file(dst)
+    ppm["made_by"] = [c for c in ppm["made_by"] if tool not in c] + [command]
+    ppm[record_key] = record
+    atomic_write_json(mpath, m)
+    if old is not None and old.resolve() != dst.resolve() and old.is_file():
+        old.unlink()
+    return dst
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
     path = Path(path)

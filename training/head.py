@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -269,23 +268,12 @@ def cross_validate(groups, spairs, cache, w0, b0, *, folds: int, seed: int, step
 
 def publish(head: Path, report: dict, weights_dir: Path, name: str) -> Path:
     """Put the refit head into <weights_dir>/<name> and point the manifest's PPM at it (replacing the
-    old head file: git history keeps it), with its sha256, command and held-out numbers."""
-    from rstar_app.weights import sha256
-    from training.common import atomic_write_json
-    mpath = weights_dir / "manifest.json"
-    m = json.loads(mpath.read_text())
-    ppm = m["ppm"]
-    old = weights_dir / ppm["head"]
-    dst = weights_dir / name
-    shutil.copyfile(head, dst)
-    ppm["head"], ppm["sha256"]["head"] = name, sha256(dst)
-    ppm["made_by"] = [c for c in ppm["made_by"] if "training.head" not in c] + [report["command"]]
-    ppm["head_refit"] = {k: report[k] for k in ("trees", "step_pairs", "folds", "lambda", "cross_validation",
-                                                "start_head", "rollouts", "pairs", "transfer") if k in report}
-    atomic_write_json(mpath, m)
-    if old.resolve() != dst.resolve() and old.is_file():
-        old.unlink()
-    return dst
+    old head file), with its sha256, command and held-out numbers."""
+    from training.common import publish_ppm_file
+    return publish_ppm_file(weights_dir, "head", head, name, command=report["command"], tool="training.head",
+                            record_key="head_refit",
+                            record={k: report[k] for k in ("trees", "step_pairs", "folds", "lambda", "cross_validation",
+                                                           "start_head", "rollouts", "pairs", "transfer") if k in report})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -111,23 +110,12 @@ def transfer_scores(trees: list[tuple[str, Tree, str]], selector: Selector) -> d
 
 def publish(src: Path, report: dict, weights_dir: Path) -> Path:
     """Copy the selector next to the PPM it was fit on and name it in the manifest (replacing the old
-    selector file: git history keeps it), with its sha256, command and numbers."""
-    from rstar_app.weights import sha256
-    from training.common import atomic_write_json
-    mpath = weights_dir / "manifest.json"
-    m = json.loads(mpath.read_text())
-    ppm = m["ppm"]
-    name = f"selector-r{m.get('round', 0)}.json"
-    old = weights_dir / ppm["selector"] if ppm.get("selector") else None
-    dst = weights_dir / name
-    shutil.copyfile(src, dst)
-    ppm["selector"], ppm["sha256"]["selector"] = name, sha256(dst)
-    ppm["made_by"] = [c for c in ppm["made_by"] if "training.selector" not in c] + [report["command"]]
-    ppm["selector_fit"] = {k: v for k, v in report.items() if k != "command"}
-    atomic_write_json(mpath, m)
-    if old is not None and old.resolve() != dst.resolve() and old.is_file():
-        old.unlink()
-    return dst
+    selector file), with its sha256, command and numbers."""
+    from training.common import publish_ppm_file
+    rnd = json.loads((weights_dir / "manifest.json").read_text()).get("round", 0)
+    return publish_ppm_file(weights_dir, "selector", src, f"selector-r{rnd}.json", command=report["command"],
+                            tool="training.selector", record_key="selector_fit",
+                            record={k: v for k, v in report.items() if k != "command"})
 
 
 def main(argv: list[str] | None = None) -> int:
