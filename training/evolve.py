@@ -1,4 +1,4 @@
-"""One self-evolution round, end to end: rollouts -> extract -> sft -> ppm -> export -> publish.
+"""One self-evolution round, end to end: rollouts -> [selector] -> extract -> sft -> ppm -> export -> publish.
 
 Round 1 (bootstrap): the policy is fine-tuned on the verified GSM8K trajectories from
 training/bootstrap.py (our stand-in for the reference's 236B-model round); no trees yet, so no PPM.
@@ -35,12 +35,13 @@ if __package__ in (None, ""):
 from training.common import REPO, atomic_write_json, base_gguf_path, load_yaml, read_jsonl, resolve_base, sha256_file, sha256_path, write_jsonl  # noqa: E402
 from training.rollouts import EXIT_STOPPED  # noqa: E402
 
-STAGES = ("rollouts", "extract", "sft", "ppm", "publish")
+STAGES = ("rollouts", "selector", "extract", "sft", "ppm", "publish")
+SIDE_STAGES = ("selector",)  # feed no later stage: running one does not make extract/sft/ppm stale
 
 
 class Round:
     def __init__(self, recipe_path: str, k: int, *, weights_dir: str | None = None, dry_run: bool = False,
-                 python: str | None = None):
+                 no_publish: bool = False, python: str | None = None):
         self.recipe_path = str(recipe_path)
         self.recipe = round_recipe(load_yaml(recipe_path), k)
         self.k = k
@@ -55,6 +56,7 @@ class Round:
         self.prev = self.workdir / f"round-{k - 1}"
         self.weights_dir = _abs(weights_dir or self.recipe.get("weights_dir") or "weights")
         self.dry_run = dry_run
+        self.no_publish = no_publish  # also keeps the selector stage out of weights/
         self.python = python or sys.executable
         self.base = resolve_base(self.recipe.get("base") or None)
         self.evo = dict(self.recipe.get("evolve") or {})
@@ -197,6 +199,17 @@ class Round:
     def rollout_files(self) -> list[Path]:
         return sorted(self.dir.glob("rollouts*.jsonl"))
 
+    def rollout_ppm_head(self) -> Path | None:
+        """The PPM value head this round's rollouts searched with: read from the rollout commands that
+        were run, else (rollouts prepared elsewhere) the one stage_rollouts would pass; None = no PPM."""
+        stage = self.state["stages"].get("rollouts", {})
+        cmds = [c for c in (stage.get("commands") or self.logged_commands("rollouts")) if "training.rollouts" in c]
+        if cmds:
+            heads = {args[i + 1] for args in map(shlex.split, cmds) for i, x in enumerate(args[:-1]) if x == "--ppm-head"}
+            return _abs(sorted(heads)[0]) if len(heads) == 1 else None  # none, or mixed: no one PPM to fit for
+        prev = self.prev_models()
+        return prev["ppm_head"] if "ppm_head" in prev and self.k >= int(self.evo.get("ppm_from_round", 3)) else None
+
     def logged_commands(self, stage: str) -> list[str]:
         """The distinct commands run() logged for `stage` (its '=== <time> <command>' lines), in order."""
         seen: list[str] = []
@@ -216,6 +229,43 @@ class Round:
         if not boot.exists():
             self.run(stage, "bootstrap", ["--out", boot])
         return boot
+
+    def stage_selector(self) -> None:
+        """The learned answer rule (training/selector.py) for round k-1's models, fit on this round's
+        trees: they searched training problems with that policy and PPM, which is what the rule must
+        read. Named in the weights manifest at once when weights/ still ship that PPM (compared by
+        sha256); otherwise it waits in round-k/selector/ (`--redo selector` after that PPM is published)."""
+        head, files, skip = self.rollout_ppm_head(), self.rollout_files(), None
+        if not self.evo.get("selector", True):
+            skip = "recipe: evolve.selector is false"
+        elif self.k == 1:
+            skip = "round 1 has no trees"
+        elif head is None:
+            skip = "the rollouts searched without a PPM"
+        if skip is None and not self.dry_run:
+            from training.selector import mixed_trees, rollout_trees, tree_rows
+            n = mixed_trees(tree_rows(rollout_trees([str(f) for f in files])))
+            need = int(self.evo.get("selector_min_trees", 20))
+            if n < need:
+                skip = f"{n} trees hold both a right and a wrong answer (< {need})"
+        if skip:
+            print(f"[evolve r{self.k}] selector: skipped ({skip})", flush=True)
+            if not self.dry_run:
+                self.mark("selector", skipped=skip)
+            return
+        out = self.dir / "selector"
+        args = ["--rollouts", ",".join(map(str, files)) or "<round-k rollouts*.jsonl>", "--out", out]
+        m = self.manifest()
+        head_sha = sha256_file(head) if head.exists() else None
+        ship = (not self.no_publish and head_sha is not None
+                and ((m.get("ppm") or {}).get("sha256") or {}).get("head") == head_sha)
+        if ship:
+            args += ["--publish", self.weights_dir]
+        cmd = self.run("selector", "selector", args)
+        if not self.dry_run:
+            shipped = self.manifest()["ppm"]["selector"] if ship else None
+            self.mark("selector", command=cmd, selector=str(out / "selector.json"), for_round=self.k - 1,
+                      ppm_head=str(head), ppm_head_sha256=head_sha, published=shipped)
 
     def stage_extract(self) -> None:
         sft_data = self.dir / "sft_data.jsonl"
@@ -530,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.round < 1:
         raise SystemExit("--round starts at 1")
-    rnd = Round(a.recipe, a.round, weights_dir=a.weights_dir, dry_run=a.dry_run)
+    rnd = Round(a.recipe, a.round, weights_dir=a.weights_dir, dry_run=a.dry_run, no_publish=a.no_publish)
     rnd.dir.mkdir(parents=True, exist_ok=True)
     want = [s for s in a.stages.split(",") if s]
     unknown = set(want) - set(STAGES)
@@ -548,7 +598,7 @@ def main(argv: list[str] | None = None) -> None:
         if rnd.state["stages"].get(stage, {}).get("done"):
             rnd.reset(stage)
         getattr(rnd, f"stage_{stage}")()
-        upstream_ran = True
+        upstream_ran = upstream_ran or stage not in SIDE_STAGES
     print(f"[evolve r{a.round}] finished: {rnd.dir}")
 
 

@@ -50,6 +50,11 @@ def tree_rows(trees: list[tuple[str, Tree, str]]) -> list[dict]:
     return rows
 
 
+def mixed_trees(rows: list[dict]) -> int:
+    """Trees that hold both a right and a wrong answer: the only ones the fit learns from."""
+    return int(sum(0 < r["right"].sum() < len(r["right"]) for r in rows))
+
+
 def fit(rows: list[dict], lam: float, *, iters: int = 500, lr: float = 0.5) -> np.ndarray:
     """Weights [features] maximising mean log P(right groups) - lam / 2 |w|^2 (full-batch gradient ascent;
     the objective is concave, so this converges from zero)."""
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     rows = tree_rows(rollout_trees([f for f in a.rollouts.split(",") if f]))
-    mixed = int(sum(0 < r["right"].sum() < len(r["right"]) for r in rows))
+    mixed = mixed_trees(rows)
     if not mixed:
         print("error: no tree holds both a right and a wrong answer: nothing to fit", file=sys.stderr)
         return 1

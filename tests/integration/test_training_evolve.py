@@ -1,6 +1,7 @@
 """training.evolve end to end on the tiny Llama: round 1 (bootstrap SFT -> export -> publish),
 round 2 from prepared rollouts (extract -> SFT -> PPM -> stacked export -> manifest), and round 3
-without a policy SFT (PPM from round 2's policy GGUF, plus synthetic one-slip pairs). In the default suite: ~2 CPU-minutes."""
+without a policy SFT (PPM from round 2's policy GGUF, plus synthetic one-slip pairs), then round 4's
+selector stage (round 3's answer selector, fit on round 4's trees). In the default suite: ~2 CPU-minutes."""
 
 import json
 from pathlib import Path
@@ -58,7 +59,7 @@ workdir: {tmp_path / 'work'}
 weights_dir: {wd}
 problems: {tmp_path / 'unused.jsonl'}
 bootstrap: {boot}
-evolve: {{ppm_min_pairs: 4, ppm_min_heldout_accuracy: 0.0, ppm_synthetic_pairs: 6}}
+evolve: {{ppm_min_pairs: 4, ppm_min_heldout_accuracy: 0.0, selector_min_trees: 4, ppm_synthetic_pairs: 6}}
 extract: {{q_margin: 0.5, min_edit: 5}}
 sft: {{max_seq_len: 320, subset: 16, max_steps: 2, batch_size: 4, lr: 1.0e-3, warmup_steps: 1, save_every: 0, threads: 2}}
 ppm: {{max_seq_len: 320, max_steps: 2, batch_size: 4, grad_accum: 1, eval_frac: 0.2, save_every: 0, threads: 2}}
@@ -154,6 +155,18 @@ export: {{dtype: f32}}
     (r4 / "rollouts.jsonl").write_text("".join(json.dumps(fake_trace(i)) + "\n" for i in range(24, 36)))
     (r4 / "stages.json").write_text(json.dumps({"round": 4, "stages": {"rollouts": {
         "done": True, "commands": ["(prepared by the test)"], "files": [str(r4 / "rollouts.jsonl")]}}}))
+    # its selector stage fits round 3's answer selector on these trees (searched, in the story, by
+    # round 3's policy and PPM) and names it in the manifest, since weights/ ship that very PPM
+    evolve.main(["--recipe", str(strict), "--round", "4", "--stages", "selector"])
+    m = json.loads((wd / "manifest.json").read_text())
+    assert m["round"] == 3 and m["ppm"]["selector"] == "selector-r3.json"
+    assert m["ppm"]["sha256"]["selector"] == sha256_file(wd / "selector-r3.json")
+    assert m["ppm"]["selector_fit"]["mixed_trees"] == 12 and "training.selector" in m["ppm"]["made_by"][-1]
+    st = json.loads((r4 / "stages.json").read_text())["stages"]["selector"]
+    assert st["for_round"] == 3 and st["published"] == "selector-r3.json"
+    assert st["ppm_head_sha256"] == m["ppm"]["sha256"]["head"]
+    w = load_weights(wd, verify=True)
+    assert w.selector == wd / "selector-r3.json"
     before = (wd / "manifest.json").read_text()
     evolve.main(["--recipe", str(strict), "--round", "4", "--stages", "extract,ppm,publish"])
     assert (wd / "manifest.json").read_text() == before

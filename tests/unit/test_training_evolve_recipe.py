@@ -109,3 +109,51 @@ def test_publish_prunes_earlier_rounds_files_the_manifest_no_longer_names(tmp_pa
     assert sorted(gone) == ["policy-r3.gguf", "policy-r3.gguf.json", "ppm-head-r3.npz", "ppm-r3.gguf", "selector-r3.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "notes.txt", "policy-r4.gguf",
                                                           "ppm-head-r4.npz", "ppm-r4.gguf", "selector-r4.json"]
+
+
+def _round_with_rollouts(tmp_path, commands: list[str], evolve: dict | None = None) -> Round:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"workdir": str(tmp_path / "work"), "base": "smollm2", "evolve": evolve or {}}))
+    r = Round(str(path), 5, weights_dir=str(tmp_path / "w"))
+    r.state["stages"]["rollouts"] = {"done": True, "commands": commands}
+    return r
+
+
+def test_selector_stage_reads_the_ppm_head_the_rollouts_searched_with(tmp_path):
+    cmd = "python -m training.rollouts --problems p.jsonl --ppm-adapter a.gguf --ppm-head {} --out r.jsonl"
+    r = _round_with_rollouts(tmp_path, [cmd.format("weights/ppm-head-r4.npz")] * 2)
+    assert r.rollout_ppm_head().parts[-2:] == ("weights", "ppm-head-r4.npz")
+    # searched without a PPM, or with two different ones: no single PPM to fit a selector for
+    assert _round_with_rollouts(tmp_path, ["python -m training.rollouts --problems p.jsonl"]).rollout_ppm_head() is None
+    assert _round_with_rollouts(tmp_path, [cmd.format("a.npz"), cmd.format("b.npz")]).rollout_ppm_head() is None
+
+
+def test_selector_stage_skips_with_its_reason_and_does_not_block_the_round(tmp_path, capsys):
+    r = _round_with_rollouts(tmp_path, ["python -m training.rollouts --problems p.jsonl"])
+    r.stage_selector()
+    assert r.state["stages"]["selector"]["skipped"] == "the rollouts searched without a PPM"
+    r = _round_with_rollouts(tmp_path, ["python -m training.rollouts --ppm-head h.npz"], {"selector": False})
+    r.stage_selector()
+    assert r.state["stages"]["selector"]["skipped"] == "recipe: evolve.selector is false"
+    # a PPM, but no tree with both a right and a wrong answer: nothing to fit, no process started
+    r = _round_with_rollouts(tmp_path, ["python -m training.rollouts --ppm-head h.npz"])
+    r.stage_selector()
+    assert r.state["stages"]["selector"]["skipped"] == "0 trees hold both a right and a wrong answer (< 20)"
+    assert "training.selector" not in capsys.readouterr().out
+
+
+def test_a_side_stage_running_does_not_rerun_the_finished_stages_after_it(tmp_path, monkeypatch):
+    # a round finished before the selector stage existed gets only its selector on a rerun, not a new
+    # extract -> SFT -> PPM -> publish; a rollouts stage that runs again still makes all of them stale
+    from training import evolve
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"workdir": str(tmp_path / "work"), "base": "smollm2"}))
+    ran: list[str] = []
+    monkeypatch.setattr(Round, "done", lambda self, stage: stage != "selector")
+    for stage in evolve.STAGES:
+        monkeypatch.setattr(Round, f"stage_{stage}", lambda self, s=stage: ran.append(s))
+    evolve.main(["--recipe", str(path), "--round", "5"])
+    assert ran == ["selector"]
+    ran.clear()
+    evolve.main(["--recipe", str(path), "--round", "5", "--redo", "rollouts"])
+    assert ran == list(evolve.STAGES)
