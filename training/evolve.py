@@ -234,7 +234,7 @@ class Round:
         """The learned answer rule (training/selector.py) for round k-1's models, fit on this round's
         trees: they searched training problems with that policy and PPM, which is what the rule must
         read. Named in the weights manifest at once when weights/ still ship that PPM (compared by
-        sha256); otherwise it waits in round-k/selector/ (`--redo selector` after that PPM is published)."""
+        sha256); otherwise it waits in round-k/selector/ until round k-1's publish finds it (attach_waiting_selector)."""
         head, files, skip = self.rollout_ppm_head(), self.rollout_files(), None
         if not self.evo.get("selector", True):
             skip = "recipe: evolve.selector is false"
@@ -431,12 +431,28 @@ class Round:
         })
         m.setdefault("eval", {})  # filled by the evaluation harness
         atomic_write_json(wd / "manifest.json", _portable(m))
+        ppm = self.attach_waiting_selector(ppm)
         keep = [policy_file] + ([ppm["adapter"], ppm["head"]] + ([ppm["selector"]] if ppm.get("selector") else [])
                                 if ppm else [])
         removed = _prune(wd, keep=keep)
         self.mark("publish", manifest=str(wd / "manifest.json"), removed=removed)
         print(f"[evolve r{self.k}] published {policy_file}" + (f" + {ppm['adapter']}" if ppm else "")
               + f" -> {wd / 'manifest.json'}", flush=True)
+
+
+    def attach_waiting_selector(self, ppm: dict | None) -> dict | None:
+        """A PPM published without a selector gets the one round k+1's selector stage already fit for it
+        (same head sha256), e.g. round k republished, or published after round k+1's rollouts."""
+        if not ppm or ppm.get("selector"):
+            return ppm
+        nxt = _json(self.workdir / f"round-{self.k + 1}" / "stages.json").get("stages", {}).get("selector", {})
+        src = Path(nxt.get("selector") or "/nonexistent")
+        if nxt.get("ppm_head_sha256") != ppm["sha256"]["head"] or not src.is_file():
+            return ppm
+        from training.selector import publish
+        publish(src, _json(src.parent / "report.json"), self.weights_dir)
+        print(f"[evolve r{self.k}] publish: + the answer selector round {self.k + 1} fit for this PPM ({src})", flush=True)
+        return self.manifest()["ppm"]
 
 
 def _prune(wd: Path, keep: list[str]) -> list[str]:

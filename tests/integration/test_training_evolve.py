@@ -167,6 +167,10 @@ export: {{dtype: f32}}
     assert st["ppm_head_sha256"] == m["ppm"]["sha256"]["head"]
     w = load_weights(wd, verify=True)
     assert w.selector == wd / "selector-r3.json"
+    # republishing round 3 rebuilds its PPM entry and finds that selector again (not pruned away)
+    evolve.main(["--recipe", str(recipe), "--round", "3", "--stages", "publish", "--redo", "publish"])
+    m = json.loads((wd / "manifest.json").read_text())
+    assert m["ppm"]["selector"] == "selector-r3.json" and load_weights(wd, verify=True).selector.is_file()
     before = (wd / "manifest.json").read_text()
     evolve.main(["--recipe", str(strict), "--round", "4", "--stages", "extract,ppm,publish"])
     assert (wd / "manifest.json").read_text() == before
