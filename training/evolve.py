@@ -442,16 +442,24 @@ class Round:
 
     def attach_waiting_selector(self, ppm: dict | None) -> dict | None:
         """A PPM published without a selector gets the one round k+1's selector stage already fit for it
-        (same head sha256), e.g. round k republished, or published after round k+1's rollouts."""
+        (same head sha256), e.g. round k republished, or published after round k+1's rollouts. Failing
+        that, with `evolve.selector_carry`, this round's own selector (fit on round k-1's PPM scores,
+        recorded as carried): the rule's features mean the same with the next PPM, if not its scale."""
         if not ppm or ppm.get("selector"):
             return ppm
         nxt = _json(self.workdir / f"round-{self.k + 1}" / "stages.json").get("stages", {}).get("selector", {})
-        src = Path(nxt.get("selector") or "/nonexistent")
-        if nxt.get("ppm_head_sha256") != ppm["sha256"]["head"] or not src.is_file():
-            return ppm
+        own = self.state["stages"].get("selector", {})
         from training.selector import publish
-        publish(src, _json(src.parent / "report.json"), self.weights_dir)
-        print(f"[evolve r{self.k}] publish: + the answer selector round {self.k + 1} fit for this PPM ({src})", flush=True)
+        if nxt.get("ppm_head_sha256") == ppm["sha256"]["head"] and Path(nxt.get("selector") or "/-").is_file():
+            src, how = Path(nxt["selector"]), f"the answer selector round {self.k + 1} fit for this PPM"
+            report = _json(src.parent / "report.json")
+        elif self.evo.get("selector_carry") and Path(own.get("selector") or "/-").is_file():
+            src, how = Path(own["selector"]), f"round {self.k - 1}'s answer selector, carried (evolve.selector_carry)"
+            report = {**_json(src.parent / "report.json"), "carried_from_ppm_head": own.get("ppm_head")}
+        else:
+            return ppm
+        publish(src, report, self.weights_dir)
+        print(f"[evolve r{self.k}] publish: + {how} ({src})", flush=True)
         return self.manifest()["ppm"]
 
 

@@ -157,3 +157,44 @@ def test_a_side_stage_running_does_not_rerun_the_finished_stages_after_it(tmp_pa
     ran.clear()
     evolve.main(["--recipe", str(path), "--round", "5", "--redo", "rollouts"])
     assert ran == list(evolve.STAGES)
+
+
+def _published_round(tmp_path, evolve: dict) -> tuple[Round, dict]:
+    """Round 5 just wrote a manifest with a new PPM and no selector; round 5's own selector stage fit
+    one for round 4's PPM (head sha 'h4'); the new PPM's head sha is 'h5'."""
+    import json
+    work, wd = tmp_path / "work", tmp_path / "w"
+    wd.mkdir()
+    ppm = {"adapter": "ppm-r5.gguf", "head": "ppm-head-r5.npz", "sha256": {"adapter": "a5", "head": "h5"},
+           "made_by": ["python -m training.ppm ..."]}
+    (wd / "manifest.json").write_text(json.dumps({"round": 5, "ppm": ppm}))
+    for k, head in ((5, "h4"), (6, "h5")):
+        sel = work / f"round-{k}" / "selector"
+        sel.mkdir(parents=True)
+        (sel / "selector.json").write_text(json.dumps({"weights": {"maxp": float(k)}}))
+        (sel / "report.json").write_text(json.dumps({"command": f"python -m training.selector --out round-{k}"}))
+        (work / f"round-{k}" / "stages.json").write_text(json.dumps({"round": k, "stages": {"selector": {
+            "done": True, "selector": str(sel / "selector.json"), "ppm_head": f"head-{head}.npz", "ppm_head_sha256": head}}}))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"workdir": str(work), "base": "smollm2", "evolve": evolve}))
+    return Round(str(path), 5, weights_dir=str(wd)), ppm
+
+
+def test_publish_takes_the_selector_the_next_round_fit_for_this_ppm(tmp_path):
+    import json
+    r, ppm = _published_round(tmp_path, {"selector_carry": True})
+    out = r.attach_waiting_selector(ppm)
+    assert out["selector"] == "selector-r5.json" and "round-6" in out["made_by"][-1]
+    assert json.loads((tmp_path / "w" / "selector-r5.json").read_text())["weights"] == {"maxp": 6.0}
+    assert "carried_from_ppm_head" not in out["selector_fit"]
+
+
+def test_publish_carries_the_previous_ppms_selector_only_when_the_recipe_says_so(tmp_path):
+    import json, shutil
+    r, ppm = _published_round(tmp_path, {})
+    shutil.rmtree(tmp_path / "work" / "round-6")  # round 6 has not fit one yet
+    assert r.attach_waiting_selector(ppm) == ppm and not (tmp_path / "w" / "selector-r5.json").exists()
+    r.evo["selector_carry"] = True
+    out = r.attach_waiting_selector(ppm)
+    assert out["selector"] == "selector-r5.json" and out["selector_fit"]["carried_from_ppm_head"] == "head-h4.npz"
+    assert json.loads((tmp_path / "w" / "selector-r5.json").read_text())["weights"] == {"maxp": 5.0}
