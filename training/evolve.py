@@ -439,7 +439,6 @@ class Round:
         print(f"[evolve r{self.k}] published {policy_file}" + (f" + {ppm['adapter']}" if ppm else "")
               + f" -> {wd / 'manifest.json'}", flush=True)
 
-
     def attach_waiting_selector(self, ppm: dict | None) -> dict | None:
         """A PPM published without a selector gets the one round k+1's selector stage already fit for it
         (same head sha256), e.g. round k republished, or published after round k+1's rollouts. Failing
