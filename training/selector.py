@@ -50,15 +50,19 @@ def tree_rows(trees: list[tuple[str, Tree, str]]) -> list[dict]:
     return rows
 
 
+def is_mixed(row: dict) -> bool:
+    """The tree holds both a right and a wrong answer: the only kind the fit learns from."""
+    return bool(0 < row["right"].sum() < len(row["right"]))
+
+
 def mixed_trees(rows: list[dict]) -> int:
-    """Trees that hold both a right and a wrong answer: the only ones the fit learns from."""
-    return int(sum(0 < r["right"].sum() < len(r["right"]) for r in rows))
+    return sum(map(is_mixed, rows))
 
 
 def fit(rows: list[dict], lam: float, *, iters: int = 500, lr: float = 0.5) -> np.ndarray:
     """Weights [features] maximising mean log P(right groups) - lam / 2 |w|^2 (full-batch gradient ascent;
     the objective is concave, so this converges from zero)."""
-    mixed = [r for r in rows if 0 < r["right"].sum() < len(r["right"])]
+    mixed = [r for r in rows if is_mixed(r)]
     w = np.zeros(len(FEATURES))
     if not mixed:
         return w
