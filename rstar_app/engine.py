@@ -7,6 +7,7 @@ same models, prompt and search code.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ from typing import Callable
 from .config import SearchConfig
 from .selector import Selector
 from .tree import Event, Tree, resolve_vote
-from .weights import Weights, load_selector, load_weights
+from .weights import Weights, load_selector, load_weights, sha256
 
 
 class Engine:
@@ -25,8 +26,9 @@ class Engine:
 
     def __init__(self, *, policy, ppm=None, executor, few_shot: bool = False, description: str = "",
                  weights: Weights | None = None, concurrent: bool = False,
-                 selector: Selector | None = None) -> None:
+                 selector: Selector | None = None, model_files: tuple[str | Path, ...] = ()) -> None:
         self.policy, self.ppm, self.executor = policy, ppm, executor
+        self.model_files = tuple(Path(f) for f in model_files)  # every file the answers depend on
         self.selector = selector    # the weights' learned answer rule; only alongside their PPM
         self.few_shot, self.description, self.weights = few_shot, description, weights
         self.lock = threading.Lock()
@@ -87,8 +89,20 @@ class Engine:
             desc += f", answers by {w.selector.name}"
         if shot:
             desc += " [few-shot prompt]"
+        files = [base, adapter] + ([ppm_path or base, head, padapter] if ppm else []) + (
+            [w.selector] if selector is not None else [])
         return cls(policy=policy, ppm=ppm, executor=Sandbox(workers=sandbox_workers), few_shot=shot,
-                   description=desc, weights=w, selector=selector)
+                   description=desc, weights=w, selector=selector, model_files=tuple(f for f in files if f))
+
+    def fingerprint(self) -> str | None:
+        """sha256 over the model files' own sha256s (16 hex digits), or None for an engine built
+        from objects: tells whether two evaluation runs searched with the same bytes."""
+        if not self.model_files:
+            return None
+        h = hashlib.sha256()
+        for f in self.model_files:
+            h.update(f"{f.name}:{sha256(f)};".encode())
+        return h.hexdigest()[:16]
 
     def vote_rule(self, config: SearchConfig) -> str:
         """The answer rule `config.vote` resolves to on this engine ("auto": learned if it has a selector)."""

@@ -15,6 +15,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from .config import SearchConfig
 from .grading import is_correct
@@ -86,10 +87,11 @@ def _vote_suffix(rule: str, k: int) -> str:
 
 
 def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: bool = True,
-             trees_dir: Path | None = None) -> list[dict]:
+             trees_dir: Path | None = None, on_rows: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Solve every item not already in out_path; returns all rows (old and new). With trees_dir,
     each problem's tree (nodes, no event log) is kept as <trees_dir>/<id>.json with its gold answer,
-    so answer-selection rules can be compared afterwards without searching again."""
+    so answer-selection rules can be compared afterwards without searching again. on_rows gets
+    the rows so far after each new one (main keeps the run's summary current with it)."""
     done = {r["id"]: r for r in read_rows(out_path) if "id" in r}  # torn last line cut off
     rows = [done[it["id"]] for it in items if it["id"] in done]
     with open(out_path, "a") as f:
@@ -111,11 +113,31 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
                    "stopped": tree.meta.get("stopped")}
             append_row(f, row)
             rows.append(row)
+            if on_rows is not None:
+                on_rows(rows)
             if progress:
                 acc = sum(r["correct"] for r in rows) / len(rows)
                 print(f"[{len(rows)}/{len(items)}] {it['id']}: {row['answer']!r} vs {it['gold']!r} "
                       f"{'ok' if row['correct'] else 'x'}  acc {acc:.3f}  {row['tokens']} tok {row['seconds']} s", flush=True)
     return rows
+
+
+def resume_clash(summary_path: Path, fingerprint: str | None) -> str | None:
+    """Why this run must not append to the rows already under its name, or None. The name says the
+    round and the settings, not the bytes: a retrained round (or a hand-edited weights dir) would
+    otherwise extend another model's rows and report their sum as one run. Runs written before
+    the fingerprint was recorded resume as before."""
+    if fingerprint is None or not summary_path.is_file():
+        return None
+    try:
+        old = json.loads(summary_path.read_text()).get("models_sha256")
+    except json.JSONDecodeError:
+        return None
+    if old is None or old == fingerprint:
+        return None
+    rows = summary_path.with_name(summary_path.name.removesuffix(".summary.json") + ".jsonl")
+    return (f"{rows} holds rows searched with other model files (fingerprint {old}; these are {fingerprint}): "
+            f"pass another --tag or --out, or move that file away to start the run over")
 
 
 def revote_name(source_run: str, rule: str, top_k: int) -> str:
@@ -224,6 +246,15 @@ def _write_json(path: Path, obj, *, indent: int, newline: bool = False) -> None:
     os.replace(tmp, path)
 
 
+def run_summary(a, config, name: str, rule: str, models: str, search: dict, rows: list[dict]) -> dict:
+    """The row a run's <name>.summary.json holds (and `--record` puts in the weights manifest)."""
+    return {"run": name, "bench": a.bench, "strategy": search["strategy"], "rollouts": search["rollouts"],
+            "limit": a.limit, "candidates": search["candidates"], "vote": rule,
+            "top_k_vote": config.top_k_vote, "greedy_first": search["greedy_first"], "models": models,
+            **({"models_sha256": search["models_sha256"]} if search.get("models_sha256") else {}),
+            **summarize(rows)}
+
+
 def main(a) -> int:
     from .cli import config_from_args, engine_from_args
     config = config_from_args(a)
@@ -256,7 +287,7 @@ def main(a) -> int:
         # the search is the source's: its settings, not this command line's, describe the rows
         name = revote_name(source.get("run", src.stem), rule, config.top_k_vote)
         models = source["models"] + (f", answers by {selector.name}" if rule == "learned" else "")
-        search = {k: source.get(k) for k in ("strategy", "rollouts", "candidates", "greedy_first")}
+        search = {k: source.get(k) for k in ("strategy", "rollouts", "candidates", "greedy_first", "models_sha256")}
         print(f"{name}: {len(items)} problems, answers re-voted from {src}")
         try:
             rows = revote(items, config, src, out / f"{name}.jsonl", selector)
@@ -269,19 +300,25 @@ def main(a) -> int:
         engine = engine_from_args(a, max_candidates=config.candidates)
         rule = engine.vote_rule(config)
         name, models = run_name(a, rule), engine.description
+        search["models_sha256"] = engine.fingerprint()
+        clash = resume_clash(out / f"{name}.summary.json", search["models_sha256"])
+        if clash:
+            engine.close()
+            print(f"error: {clash}", file=sys.stderr)
+            return 2
         print(f"{name}: {len(items)} problems, models: {models}")
         try:
             trees = None
             if getattr(a, "save_trees", False):
                 trees = out / f"{name}.trees"
                 trees.mkdir(exist_ok=True)
-            rows = evaluate(engine, items, config, out / f"{name}.jsonl", trees_dir=trees)
+            # the summary follows every row: a killed run still names the model files its rows came from
+            rows = evaluate(engine, items, config, out / f"{name}.jsonl", trees_dir=trees, on_rows=lambda rows:
+                            _write_json(out / f"{name}.summary.json",
+                                        run_summary(a, config, name, rule, models, search, rows), indent=1))
         finally:
             engine.close()
-    summary = {"run": name, "bench": a.bench, "strategy": search["strategy"], "rollouts": search["rollouts"],
-               "limit": a.limit, "candidates": search["candidates"], "vote": rule,
-               "top_k_vote": config.top_k_vote, "greedy_first": search["greedy_first"], "models": models,
-               **summarize(rows)}
+    summary = run_summary(a, config, name, rule, models, search, rows)
     _write_json(out / f"{name}.summary.json", summary, indent=1)
     if getattr(a, "record", False):
         record_in_manifest(summary, a)

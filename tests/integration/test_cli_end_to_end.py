@@ -1,6 +1,7 @@
 """`rstar-app solve` and `rstar-app eval` as a user runs them: real model, real sandbox, subprocess."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -62,6 +63,17 @@ def test_eval_writes_per_problem_rows_and_resumes(tmp_path):
     r = cli(*args)
     assert r.returncode == 0
     assert r.stdout.count("[2/2]") == 1 and "[1/2]" not in r.stdout
+    # the same run name over other model bytes (a retrained round): refused, rows left as they were
+    [summary] = tmp_path.glob("*.summary.json")
+    assert len(json.loads(summary.read_text())["models_sha256"]) == 16
+    other = tmp_path / "weights-copy"
+    shutil.copytree(ROOT / "weights", other)
+    sel = next(other.glob("selector-*.json"))
+    sel.write_text(json.dumps(json.loads(sel.read_text()), indent=3))  # same rule, other bytes
+    before = jsonl.read_text()
+    r = cli(*args, "--weights", str(other))
+    assert r.returncode == 2 and "other model files" in r.stderr and "Traceback" not in r.stderr
+    assert jsonl.read_text() == before
 
 
 def test_eval_record_puts_the_summary_and_command_into_the_weights_manifest(tmp_path):

@@ -158,3 +158,26 @@ def test_recording_a_shorter_rerun_keeps_the_manifests_larger_row(tmp_path, caps
     assert record_in_manifest({"run": "run-b", "problems": 5, "accuracy": 0.2}, a) is not None
     rows = json.loads((tmp_path / "manifest.json").read_text())["eval"]
     assert rows["run-a"]["accuracy"] == 0.025 and rows["run-b"]["problems"] == 5
+
+
+def test_resume_is_refused_only_when_the_rows_came_from_other_model_files(tmp_path):
+    from rstar_app.eval import resume_clash
+    summary = tmp_path / "gsm8k-r4-ppm-mcts-r8-k4-s0-ss1234.summary.json"
+    assert resume_clash(summary, "aaaa") is None                     # a new run
+    summary.write_text(json.dumps({"run": "x", "problems": 3}))
+    assert resume_clash(summary, "aaaa") is None                     # written before fingerprints existed
+    summary.write_text(json.dumps({"run": "x", "problems": 3, "models_sha256": "aaaa"}))
+    assert resume_clash(summary, "aaaa") is None and resume_clash(summary, None) is None
+    msg = resume_clash(summary, "bbbb")
+    assert "gsm8k-r4-ppm-mcts-r8-k4-s0-ss1234.jsonl" in msg and "aaaa" in msg and "bbbb" in msg
+
+
+def test_engine_fingerprint_follows_the_bytes_of_its_model_files(tmp_path):
+    from rstar_app.engine import Engine
+    a, b = tmp_path / "policy.gguf", tmp_path / "head.npz"
+    a.write_bytes(b"policy"), b.write_bytes(b"head")
+    fp = Engine(policy=None, executor=None, model_files=(a, b)).fingerprint()
+    assert len(fp) == 16 and fp == Engine(policy=None, executor=None, model_files=(a, b)).fingerprint()
+    b.write_bytes(b"head, retrained")
+    assert Engine(policy=None, executor=None, model_files=(a, b)).fingerprint() != fp
+    assert Engine(policy=None, executor=None).fingerprint() is None   # built from objects: unknown
