@@ -64,15 +64,20 @@ class Round:
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"round": k, "stages": {}}
 
     # -- bookkeeping --
-    def done(self, stage: str) -> bool:
-        """Finished and its product still here (a fresh clone has the committed rollouts, pairs and
-        logs but not sft_data.jsonl, the extracted + bootstrap mix, nor checkpoints and adapters)."""
+    def done(self, stage: str, *, redo: tuple[str, ...] | list[str] = ()) -> bool:
+        """Finished and its product still here (a fresh clone has the committed rollouts, pairs, logs
+        and exported models, not sft_data.jsonl, the extracted + bootstrap mix, nor checkpoints and
+        PEFT directories). Extract also counts as done without its mix while SFT's exported policy
+        is here and SFT is not in `redo`: re-extracting would make SFT stale and retrain a policy
+        that CPU float order does not reproduce byte for byte."""
         info = self.state["stages"].get(stage, {})
         if not info.get("done"):
             return False
         products = {"extract": [info.get("sft_data")], "sft": [info.get("adapter")],
                     "ppm": [info.get("adapter"), info.get("head")]}.get(stage, [])
-        return all(Path(p).exists() for p in products if p)
+        if all(Path(p).exists() for p in products if p):
+            return True
+        return stage == "extract" and "sft" not in redo and self.done("sft")
 
     def mark(self, stage: str, **info) -> None:
         self.state["stages"][stage] = {"done": True, "finished": _now(), **info}
@@ -325,6 +330,8 @@ class Round:
         policy = self.dir / "sft" / "adapter"
         if not self.done("sft"):
             policy = self.prev_models().get("policy", "<policy of round k-1>")
+        elif not policy.is_dir():  # a fresh clone: the committed GGUF export of the same adapter
+            policy = self.dir / "policy.gguf"
         args = ["--recipe", self.recipe_path, "--base", self.base, "--pairs", pairs,
                 "--policy-adapter", policy, "--out", self.dir / "ppm"]
         cmds, extra = [], []
@@ -615,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
     for stage in STAGES:
         if stage not in want:
             continue
-        if rnd.done(stage) and stage not in a.redo and not upstream_ran:
+        if rnd.done(stage, redo=a.redo) and stage not in a.redo and not upstream_ran:
             print(f"[evolve r{a.round}] {stage}: done already (use --redo {stage} to rerun)")
             continue
         if rnd.state["stages"].get(stage, {}).get("done"):

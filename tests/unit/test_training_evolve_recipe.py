@@ -149,7 +149,7 @@ def test_a_side_stage_running_does_not_rerun_the_finished_stages_after_it(tmp_pa
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({"workdir": str(tmp_path / "work"), "base": "smollm2"}))
     ran: list[str] = []
-    monkeypatch.setattr(Round, "done", lambda self, stage: stage != "selector")
+    monkeypatch.setattr(Round, "done", lambda self, stage, redo=(): stage != "selector")
     for stage in evolve.STAGES:
         monkeypatch.setattr(Round, f"stage_{stage}", lambda self, s=stage: ran.append(s))
     evolve.main(["--recipe", str(path), "--round", "5"])
@@ -198,3 +198,21 @@ def test_publish_carries_the_previous_ppms_selector_only_when_the_recipe_says_so
     out = r.attach_waiting_selector(ppm)
     assert out["selector"] == "selector-r5.json" and out["selector_fit"]["carried_from_ppm_head"] == "head-h4.npz"
     assert json.loads((tmp_path / "w" / "selector-r5.json").read_text())["weights"] == {"maxp": 5.0}
+
+
+def test_a_fresh_clone_does_not_re_extract_and_retrain_a_round_whose_models_are_committed(tmp_path):
+    # committed: stages.json, policy.gguf, the PPM files; not committed: sft_data.jsonl (extract's mix)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"workdir": str(tmp_path / "work"), "base": "smollm2"}))
+    r = Round(str(path), 4, weights_dir=str(tmp_path / "w"))
+    d = r.dir
+    (d / "ppm").mkdir(parents=True)
+    for f in ("policy.gguf", "ppm/ppm.gguf", "ppm/value_head.npz"):
+        (d / f).write_bytes(b"x")
+    r.state["stages"] = {"extract": {"done": True, "sft_data": str(d / "sft_data.jsonl")},
+                         "sft": {"done": True, "adapter": str(d / "policy.gguf")},
+                         "ppm": {"done": True, "adapter": str(d / "ppm/ppm.gguf"), "head": str(d / "ppm/value_head.npz")}}
+    assert r.done("extract") and r.done("sft") and r.done("ppm")
+    assert not r.done("extract", redo=["sft"])          # SFT asked for again: it needs the mix rebuilt
+    (d / "policy.gguf").unlink()
+    assert not r.done("extract") and not r.done("sft")  # nothing of SFT's here: the chain reruns
