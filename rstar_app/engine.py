@@ -26,9 +26,11 @@ class Engine:
 
     def __init__(self, *, policy, ppm=None, executor, few_shot: bool = False, description: str = "",
                  weights: Weights | None = None, concurrent: bool = False,
-                 selector: Selector | None = None, model_files: tuple[str | Path, ...] = ()) -> None:
+                 selector: Selector | None = None, model_files: tuple[str | Path, ...] = (),
+                 identity: str = "") -> None:
         self.policy, self.ppm, self.executor = policy, ppm, executor
-        self.model_files = tuple(Path(f) for f in model_files)  # every file the answers depend on
+        # what the answers depend on: local model files (hashed) and what no file says (prompt, server)
+        self.model_files, self.identity = tuple(Path(f) for f in model_files), identity
         self.selector = selector    # the weights' learned answer rule; only alongside their PPM
         self.few_shot, self.description, self.weights = few_shot, description, weights
         self.lock = threading.Lock()
@@ -89,17 +91,22 @@ class Engine:
             desc += f", answers by {w.selector.name}"
         if shot:
             desc += " [few-shot prompt]"
-        files = [base, adapter] + ([ppm_path or base, head, padapter] if ppm else []) + (
+        # a served policy is named by its model @ url, not by local files it never loads
+        files = ([] if api_url else [base, adapter]) + ([ppm_path or base, head, padapter] if ppm else []) + (
             [w.selector] if selector is not None else [])
+        # empty in the usual case (trained policy, local files): fingerprints stay those recorded before
+        identity = "; ".join(x for x in ("few-shot prompt" if shot else "",
+                                          f"policy {getattr(policy, 'name', api_url)}" if api_url else "") if x)
         return cls(policy=policy, ppm=ppm, executor=Sandbox(workers=sandbox_workers), few_shot=shot,
-                   description=desc, weights=w, selector=selector, model_files=tuple(f for f in files if f))
+                   description=desc, weights=w, selector=selector, model_files=tuple(f for f in files if f),
+                   identity=identity)
 
     def fingerprint(self) -> str | None:
-        """sha256 over the model files' own sha256s (16 hex digits), or None for an engine built
-        from objects: tells whether two evaluation runs searched with the same bytes."""
-        if not self.model_files:
+        """sha256 over the model files' own sha256s and the identity line (16 hex digits), or None
+        for an engine built from objects: tells whether two evaluation runs searched with the same models."""
+        if not (self.model_files or self.identity):
             return None
-        h = hashlib.sha256()
+        h = hashlib.sha256(self.identity.encode())
         for f in self.model_files:
             h.update(f"{f.name}:{sha256(f)};".encode())
         return h.hexdigest()[:16]

@@ -246,13 +246,15 @@ def _write_json(path: Path, obj, *, indent: int, newline: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def run_summary(a, config, name: str, rule: str, models: str, search: dict, rows: list[dict]) -> dict:
-    """The row a run's <name>.summary.json holds (and `--record` puts in the weights manifest)."""
+def run_summary(a, config, name: str, rule: str, models: str, search: dict, rows: list[dict],
+                n_items: int) -> dict:
+    """The row a run's <name>.summary.json holds (and `--record` puts in the weights manifest);
+    `complete` is false while a run (killed, or still going) has fewer rows than its --limit asks."""
     return {"run": name, "bench": a.bench, "strategy": search["strategy"], "rollouts": search["rollouts"],
             "limit": a.limit, "candidates": search["candidates"], "vote": rule,
             "top_k_vote": config.top_k_vote, "greedy_first": search["greedy_first"], "models": models,
             **({"models_sha256": search["models_sha256"]} if search.get("models_sha256") else {}),
-            **summarize(rows)}
+            **summarize(rows), "complete": len(rows) >= n_items}
 
 
 def main(a) -> int:
@@ -315,10 +317,11 @@ def main(a) -> int:
             # the summary follows every row: a killed run still names the model files its rows came from
             rows = evaluate(engine, items, config, out / f"{name}.jsonl", trees_dir=trees, on_rows=lambda rows:
                             _write_json(out / f"{name}.summary.json",
-                                        run_summary(a, config, name, rule, models, search, rows), indent=1))
+                                        run_summary(a, config, name, rule, models, search, rows, len(items)),
+                                        indent=1))
         finally:
             engine.close()
-    summary = run_summary(a, config, name, rule, models, search, rows)
+    summary = run_summary(a, config, name, rule, models, search, rows, len(items))
     _write_json(out / f"{name}.summary.json", summary, indent=1)
     if getattr(a, "record", False):
         record_in_manifest(summary, a)
@@ -326,7 +329,8 @@ def main(a) -> int:
     print("\n| run | problems | accuracy | tokens/problem | s/problem |\n|---|---|---|---|---|")
     for p in sorted(out.glob("*.summary.json")):
         s = json.loads(p.read_text())
-        print(f"| {s['run']} | {s['problems']} | {s['accuracy']:.3f} | {s['tokens_per_problem']} | {s['seconds_per_problem']} |")
+        partial = "" if s.get("complete", True) else " (partial)"  # older summaries have no field
+        print(f"| {s['run']}{partial} | {s['problems']} | {s['accuracy']:.3f} | {s['tokens_per_problem']} | {s['seconds_per_problem']} |")
     if plot:
         print(f"\nplot: {plot}")
     return 0

@@ -117,8 +117,9 @@ class Round:
         """Forget a finished stage before rerunning it on new inputs: its training checkpoints would
         otherwise resume (or refuse) a run over different data."""
         self.state["stages"].pop(stage, None)
-        for sub in {"sft": ["sft"], "ppm": ["ppm"]}.get(stage, []):
-            shutil.rmtree(self.dir / sub / "checkpoints", ignore_errors=True)
+        for sub in {"sft": ["sft/checkpoints"], "ppm": ["ppm/checkpoints", "ppm/policy_adapter"]}.get(stage, []):
+            # ppm/policy_adapter: a policy GGUF imported to peft, reused by ppm.py whatever file it came from
+            shutil.rmtree(self.dir / sub, ignore_errors=True)
         if not self.dry_run:
             atomic_write_json(self.state_path, self.state)
 

@@ -181,3 +181,24 @@ def test_engine_fingerprint_follows_the_bytes_of_its_model_files(tmp_path):
     b.write_bytes(b"head, retrained")
     assert Engine(policy=None, executor=None, model_files=(a, b)).fingerprint() != fp
     assert Engine(policy=None, executor=None).fingerprint() is None   # built from objects: unknown
+
+
+def test_engine_fingerprint_names_a_served_policy_and_the_prompt_mode_that_no_file_holds(tmp_path):
+    from rstar_app.engine import Engine
+    head = tmp_path / "head.npz"
+    head.write_bytes(b"head")
+    fp = lambda identity: Engine(policy=None, executor=None, model_files=(head,), identity=identity).fingerprint()
+    assert len({fp(""), fp("few-shot prompt"), fp("policy m1 @ http://a/v1"), fp("policy m2 @ http://a/v1")}) == 4
+    assert Engine(policy=None, executor=None, identity="policy m1 @ http://a/v1").fingerprint() is not None
+
+
+def test_a_killed_runs_summary_says_it_is_partial():
+    import argparse
+    from rstar_app.eval import run_summary
+    from rstar_app.config import SearchConfig
+    a = argparse.Namespace(bench="gsm8k", limit=3)
+    search = {"strategy": "mcts", "rollouts": 8, "candidates": 4, "greedy_first": False, "models_sha256": "ab"}
+    row = {"correct": True, "tokens": 10, "seconds": 1.0}
+    s = run_summary(a, SearchConfig(), "run", "top-k", "m", search, [row], 3)
+    assert s["complete"] is False and s["problems"] == 1 and s["models_sha256"] == "ab"
+    assert run_summary(a, SearchConfig(), "run", "top-k", "m", search, [row] * 3, 3)["complete"] is True
