@@ -287,8 +287,14 @@ def test_concurrent_threads_get_their_own_answers(sb):
 
 def test_idle_workers_killed_from_outside_are_replaced(sb):
     sb.run(["pass\n"])
+    killed = 0
     for pid in _children(sb._zygote_pid()):
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:  # a child that ended by itself between the listing and the kill
+            pass
+    assert killed >= 1
     assert sb.run(["print(7 * 6)\n"]).stdout == "42\n"
 
 
