@@ -106,9 +106,10 @@ class Engine:
         for an engine built from objects: tells whether two evaluation runs searched with the same models."""
         if not (self.model_files or self.identity):
             return None
+        sums = {f: sha256(f) for f in set(self.model_files)}  # the base is listed for policy and PPM: read once
         h = hashlib.sha256(self.identity.encode())
         for f in self.model_files:
-            h.update(f"{f.name}:{sha256(f)};".encode())
+            h.update(f"{f.name}:{sums[f]};".encode())
         return h.hexdigest()[:16]
 
     def vote_rule(self, config: SearchConfig) -> str:
