@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -264,6 +264,21 @@ class Tree:
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed trace: {e!r}") from None
         return tree
+
+    def prefix(self, rollouts: int) -> "Tree":
+        """The tree as it stood after its first `rollouts` rollouts (from meta["rollout_nodes"]), with
+        no answer voted. Nodes keep their PPM scores, text and status; q and n keep their final
+        totals (later backups are not undone), so only rules that ignore them are exact on a prefix."""
+        ends = self.meta.get("rollout_nodes")
+        if not ends:
+            raise ValueError("this tree does not record its rollouts (saved before rollout_nodes was kept)")
+        if rollouts < 1:
+            raise ValueError(f"rollouts must be >= 1, got {rollouts}")
+        keep = ends[min(rollouts, len(ends)) - 1]
+        out = Tree(self.problem, self.prompt, gold=self.gold)
+        out.nodes = [replace(nd, children=[c for c in nd.children if c < keep]) for nd in self.nodes[:keep]]
+        out.meta = {**self.meta, "rollout_nodes": ends[:rollouts], "prefix_of": len(ends)}
+        return out
 
     def walk(self) -> Iterator[Node]:
         yield from self.nodes

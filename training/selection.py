@@ -8,6 +8,8 @@ many problems it answers correctly on the same trees, next to "in tree" (any ter
 ceiling no rule can beat), so a selection miss (PPM / vote) can be told from a generation miss
 (policy); then the chance level (a random terminal) and how often the PPM ranks a right terminal
 above a wrong one of the same tree. Gold answers are only read to grade, after the rule has chosen.
+`--budgets 8,16,32` adds the same rules on every tree cut back to its first 8, 16, 32 rollouts:
+the accuracy-by-search-budget curve from one long run.
 """
 
 from __future__ import annotations
@@ -67,12 +69,20 @@ def best_mean_path_ppm(tree: Tree) -> str | None:
 best_mean_path_ppm.__name__ = "best mean path PPM"
 
 
+BEST_TERMINAL_PPM = best_single(lambda nd: nd.ppm if nd.ppm is not None else -2.0, "best terminal PPM")
 RULES: list[Callable[[Tree], str | None]] = [
     top_k_vote(1), top_k_vote(2), top_k_vote(4), top_k_vote(8), top_k_vote(ALL_TERMINALS),
     ppm_weighted_vote,
     weighted_vote(lambda nd: max(nd.value, 0.0) + 1e-6, "vote weighted by value"),
-    best_single(lambda nd: nd.ppm if nd.ppm is not None else -2.0, "best terminal PPM"),
+    BEST_TERMINAL_PPM,
     best_single(lambda nd: nd.value, "best terminal value"),
+    best_mean_path_ppm,
+]
+
+
+# rules that read only PPM scores and the tree's shape, never q / n: exact on Tree.prefix
+PREFIX_RULES: list[Callable[[Tree], str | None]] = [
+    weighted_vote(lambda nd: 1.0, "vote over all terminals (count only)"), ppm_weighted_vote, BEST_TERMINAL_PPM,
     best_mean_path_ppm,
 ]
 
@@ -91,11 +101,12 @@ def load_trees(dirs: list[str]) -> list[Tree]:
     return trees
 
 
-def compare(trees: list[Tree], selector: Selector | None = None) -> list[tuple[str, int]]:
+def compare(trees: list[Tree], selector: Selector | None = None, *,
+            rules: list[Callable[[Tree], str | None]] = RULES) -> list[tuple[str, int]]:
     """[(rule name, problems answered correctly)], with 'in tree' (the ceiling) last; with a selector,
     its rule too (the engine's --vote learned)."""
     graded = [t for t in trees if t.gold is not None]
-    rules = RULES + ([_learned(selector)] if selector else [])
+    rules = rules + ([_learned(selector)] if selector else [])
     out = [(rule.__name__, sum(is_correct(rule(t), t.gold) for t in graded)) for rule in rules]
     out.append(("in tree (ceiling)", sum(gold_in_tree(t, t.gold) for t in graded)))
     return out
@@ -129,11 +140,39 @@ def ppm_ranking(trees: list[Tree]) -> tuple[float | None, int]:
     return (wins / pairs if pairs else None), pairs
 
 
+def budget_curve(trees: list[Tree], budgets: list[int], selector: Selector | None = None) -> dict:
+    """How the answer rules fare as the rollout budget grows, from one run's trees: each tree cut
+    back to its first r rollouts for every r in `budgets` (the search is the same search, so the
+    first r rollouts of a longer run are what a run with r rollouts grows). Returns {"budgets",
+    "rules": {name: [correct at each r]}, "tokens": [mean generated tokens a problem at each r]}."""
+    rules: dict[str, list[int]] = {}
+    tokens = []
+    for r in budgets:
+        cut = [t.prefix(r) for t in trees]
+        for name, k in compare(cut, selector, rules=PREFIX_RULES):
+            rules.setdefault(name, []).append(k)
+        tokens.append(round(sum(nd.tokens for t in cut for nd in t.nodes) / max(1, len(cut))))
+    return {"budgets": budgets, "rules": rules, "tokens": tokens}
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        out = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected rollout counts like 8,16,32, got {text!r}") from None
+    if not out or out[0] < 1:
+        raise argparse.ArgumentTypeError(f"rollout counts must be >= 1, got {text!r}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", help="tree directories written by `rstar-app eval --save-trees`")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--selector", help="a selector file (weights/selector-r*.json) to add the learned rule")
+    p.add_argument("--budgets", type=_budgets, metavar="R,R,...",
+                   help="also score the trees cut back to their first R rollouts, for each R (trees saved "
+                        "with their rollout boundaries; only rules that ignore q / n)")
     a = p.parse_args(argv)
     try:
         trees = [t for t in load_trees(a.dirs) if t.gold is not None]
@@ -151,9 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = compare(trees, selector)
     chance = random_terminal(trees)
     ranking, pairs = ppm_ranking(trees)
+    try:
+        curve = budget_curve(trees, a.budgets, selector) if a.budgets else None
+    except ValueError as e:  # a tree without rollout boundaries
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if a.json:
         print(json.dumps({"problems": len(trees), "rules": dict(rows), "random_terminal": round(chance, 2),
-                          "ppm_ranking": ranking, "ppm_ranking_pairs": pairs}, indent=1))
+                          "ppm_ranking": ranking, "ppm_ranking_pairs": pairs, "budget_curve": curve}, indent=1))
         return 0
     print(f"{len(trees)} trees from {', '.join(a.dirs)}\n\n| rule | correct | accuracy |\n|---|---|---|")
     for name, k in rows:
@@ -162,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     if ranking is not None:
         print(f"\nterminal PPM: a right terminal outscores a wrong one of the same tree in {ranking:.1%} of "
               f"{pairs} pairs (chance 50%)")
+    if curve:
+        print(f"\nby rollout budget (each tree cut back to its first R rollouts):\n\n| rule | "
+              + " | ".join(f"R = {r}" for r in curve["budgets"]) + " |\n|---|" + "---|" * len(curve["budgets"]))
+        for name, ks in list(curve["rules"].items()) + [("tokens / problem", curve["tokens"])]:
+            print(f"| {name} | " + " | ".join(str(k) for k in ks) + " |")
     return 0
 
 

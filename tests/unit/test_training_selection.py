@@ -3,7 +3,7 @@
 import json
 
 from rstar_app.tree import Tree
-from training.selection import compare, load_trees, main, ppm_ranking, random_terminal
+from training.selection import budget_curve, compare, load_trees, main, ppm_ranking, random_terminal
 
 
 def _tree(gold: str, terminals: list[tuple[str, float, float]]) -> Tree:
@@ -35,6 +35,28 @@ def test_rules_disagree_where_they_should_and_in_tree_is_the_ceiling():
     assert ppm_ranking([a, b, c]) == (0.0, 5)
     tie = _tree("1", [("1", 0.0, 0.3), ("7", 0.0, 0.3), ("8", 0.0, -0.2)])
     assert ppm_ranking([tie]) == (0.75, 2)
+
+
+def test_budget_curve_scores_each_tree_cut_back_to_its_first_rollouts(tmp_path, capsys):
+    # rollout 1 ends at a wrong terminal, rollouts 2 and 3 add two right ones: one rollout answers
+    # wrong, three answer right by a plain vote
+    t = _tree("5", [("9", 0.0, 0.9), ("5", 0.0, 0.1), ("5", 0.0, 0.2)])
+    t.meta["rollout_nodes"] = [3, 5, 7]
+    t.nodes[4].tokens = t.nodes[3].tokens = 10
+    curve = budget_curve([t], [1, 3])
+    assert curve["budgets"] == [1, 3] and curve["tokens"] == [0, 20]
+    assert curve["rules"]["vote over all terminals (count only)"] == [0, 1]
+    assert curve["rules"]["best terminal PPM"] == [0, 0]
+    assert curve["rules"]["in tree (ceiling)"] == [0, 1]
+    d = tmp_path / "run.trees"
+    d.mkdir()
+    (d / "a.json").write_text(json.dumps(t.to_json()))
+    assert main([str(d), "--json", "--budgets", "3,1"]) == 0
+    assert json.loads(capsys.readouterr().out)["budget_curve"]["rules"]["in tree (ceiling)"] == [0, 1]
+    assert main([str(d), "--budgets", "1,3"]) == 0 and "| R = 1 | R = 3 |" in capsys.readouterr().out
+    del t.meta["rollout_nodes"]
+    (d / "a.json").write_text(json.dumps(t.to_json()))
+    assert main([str(d), "--budgets", "2"]) == 2 and "does not record its rollouts" in capsys.readouterr().err
 
 
 def test_cli_reads_saved_trees_and_skips_ungraded(tmp_path, capsys):

@@ -110,6 +110,28 @@ def test_mcts_is_reproducible_for_a_seed():
     assert go(3) == go(3)
 
 
+def test_prefix_of_a_longer_search_is_the_tree_a_shorter_search_grows():
+    def go(rollouts):
+        return run(PROBLEM, policy=ScriptedPolicy(_script()), executor=InProcessExecutor(),
+                   ppm=TablePPM({"a + 3": 0.8, "a * 3": -0.4, "start": 0.1}),
+                   config=SearchConfig(rollouts=rollouts, candidates=3, seed=1))
+    long, short = go(6), go(2)
+    assert len(long.meta["rollout_nodes"]) == long.meta["stats"]["rollouts"]
+    assert long.meta["rollout_nodes"] == sorted(long.meta["rollout_nodes"])
+    cut = long.prefix(2)
+    assert len(cut.nodes) < len(long.nodes)  # the later rollouts grew more nodes
+    assert [(n.parent, n.text, n.ppm, n.children) for n in cut.nodes] == [
+        (n.parent, n.text, n.ppm, n.children) for n in short.nodes]
+    assert [n.answer for n in cut.terminals()] == [n.answer for n in short.terminals()]
+    assert cut.meta["rollout_nodes"] == short.meta["rollout_nodes"] and cut.answer is None
+    assert len(long.prefix(99).nodes) == len(long.nodes)
+    with pytest.raises(ValueError, match="rollouts"):
+        long.prefix(0)
+    old = Tree.from_json({**long.to_json(), "meta": {}})
+    with pytest.raises(ValueError, match="does not record its rollouts"):
+        old.prefix(1)
+
+
 def test_greedy_first_asks_for_a_greedy_sibling_only_when_sampling():
     for strategy, temperature, want in (("mcts", 0.7, True), ("mcts", 0.0, False), ("greedy", 0.7, False)):
         pol = ScriptedPolicy(_script())
