@@ -278,6 +278,8 @@ class Tree:
         out = Tree(self.problem, self.prompt, gold=self.gold)
         out.nodes = [replace(nd, children=[c for c in nd.children if c < keep]) for nd in self.nodes[:keep]]
         out.meta = {**self.meta, "rollout_nodes": ends[:rollouts], "prefix_of": len(ends)}
+        if self.meta.get("rollout_tokens"):
+            out.meta["rollout_tokens"] = self.meta["rollout_tokens"][:rollouts]
         return out
 
     def walk(self) -> Iterator[Node]:

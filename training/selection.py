@@ -144,15 +144,20 @@ def budget_curve(trees: list[Tree], budgets: list[int], selector: Selector | Non
     """How the answer rules fare as the rollout budget grows, from one run's trees: each tree cut
     back to its first r rollouts for every r in `budgets` (the search is the same search, so the
     first r rollouts of a longer run are what a run with r rollouts grows). Returns {"budgets",
-    "rules": {name: [correct at each r]}, "tokens": [mean generated tokens a problem at each r]}."""
+    "rules": {name: [correct at each r]}, "tokens": [mean generated tokens a problem at each r],
+    "tokens_counted": "generated" (every sampled candidate, from meta["rollout_tokens"]) or, for trees
+    saved without it, "in nodes" (the kept steps only: duplicate siblings are not counted)}."""
     rules: dict[str, list[int]] = {}
     tokens = []
+    generated = all(t.meta.get("rollout_tokens") for t in trees)
     for r in budgets:
         cut = [t.prefix(r) for t in trees]
         for name, k in compare(cut, selector, rules=PREFIX_RULES):
             rules.setdefault(name, []).append(k)
-        tokens.append(round(sum(nd.tokens for t in cut for nd in t.nodes) / max(1, len(cut))))
-    return {"budgets": budgets, "rules": rules, "tokens": tokens}
+        spent = [t.meta["rollout_tokens"][-1] if generated else sum(nd.tokens for nd in t.nodes) for t in cut]
+        tokens.append(round(sum(spent) / max(1, len(cut))))
+    return {"budgets": budgets, "rules": rules, "tokens": tokens,
+            "tokens_counted": "generated" if generated else "in nodes"}
 
 
 def _budgets(text: str) -> list[int]:
@@ -209,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if curve:
         print(f"\nby rollout budget (each tree cut back to its first R rollouts):\n\n| rule | "
               + " | ".join(f"R = {r}" for r in curve["budgets"]) + " |\n|---|" + "---|" * len(curve["budgets"]))
-        for name, ks in list(curve["rules"].items()) + [("tokens / problem", curve["tokens"])]:
+        counted = "tokens / problem" + (" (kept steps only)" if curve["tokens_counted"] == "in nodes" else "")
+        for name, ks in list(curve["rules"].items()) + [(counted, curve["tokens"])]:
             print(f"| {name} | " + " | ".join(str(k) for k in ks) + " |")
     return 0
 

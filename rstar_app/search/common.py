@@ -44,7 +44,8 @@ class Search:
     exec_seconds: float = 0.0
     gen_seconds: float = 0.0
     ppm_seconds: float = 0.0
-    rollout_nodes: list[int] = field(default_factory=list)  # len(tree.nodes) after each rollout
+    rollout_nodes: list[int] = field(default_factory=list)   # len(tree.nodes) after each rollout
+    rollout_tokens: list[int] = field(default_factory=list)  # tokens generated so far, after each rollout
 
     # -- budgets and cancellation --
     def out_of_budget(self) -> str | None:
@@ -180,7 +181,7 @@ class Search:
         tree.vote(self.config.top_k_vote if top_k is None else top_k, self.config.vote, self.selector)
         # rollout_nodes lets an analysis cut a saved tree back to its first r rollouts (Tree.prefix)
         tree.meta.update({"config": self.config.to_dict(), "stats": self.stats(), "stopped": stopped,
-                          "rollout_nodes": list(self.rollout_nodes)})
+                          "rollout_nodes": list(self.rollout_nodes), "rollout_tokens": list(self.rollout_tokens)})
         tree.emit(Event("done", None, {"answer": tree.answer, "best_path": tree.best_path, **self.stats()}))
         return tree
 
@@ -215,6 +216,7 @@ def run_loop(s: Search, body: Callable[[int], bool], *, limit: int | None = None
             more = body(i)
             s.rollouts += 1
             s.rollout_nodes.append(len(s.tree.nodes))
+            s.rollout_tokens.append(s.tokens)
             s.tree.emit(Event("rollout", None, s.stats()))
             if not more:
                 stopped = "search space exhausted"

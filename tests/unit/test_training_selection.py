@@ -44,7 +44,7 @@ def test_budget_curve_scores_each_tree_cut_back_to_its_first_rollouts(tmp_path, 
     t.meta["rollout_nodes"] = [3, 5, 7]
     t.nodes[4].tokens = t.nodes[3].tokens = 10
     curve = budget_curve([t], [1, 3])
-    assert curve["budgets"] == [1, 3] and curve["tokens"] == [0, 20]
+    assert curve["budgets"] == [1, 3] and curve["tokens"] == [0, 20] and curve["tokens_counted"] == "in nodes"
     assert curve["rules"]["vote over all terminals (count only)"] == [0, 1]
     assert curve["rules"]["best terminal PPM"] == [0, 0]
     assert curve["rules"]["in tree (ceiling)"] == [0, 1]
@@ -54,6 +54,8 @@ def test_budget_curve_scores_each_tree_cut_back_to_its_first_rollouts(tmp_path, 
     assert main([str(d), "--json", "--budgets", "3,1"]) == 0
     assert json.loads(capsys.readouterr().out)["budget_curve"]["rules"]["in tree (ceiling)"] == [0, 1]
     assert main([str(d), "--budgets", "1,3"]) == 0 and "| R = 1 | R = 3 |" in capsys.readouterr().out
+    t.meta["rollout_tokens"] = [40, 70, 90]  # what the search generated, duplicates included
+    assert budget_curve([t], [1, 3])["tokens"] == [40, 90]
     del t.meta["rollout_nodes"]
     (d / "a.json").write_text(json.dumps(t.to_json()))
     assert main([str(d), "--budgets", "2"]) == 2 and "does not record its rollouts" in capsys.readouterr().err

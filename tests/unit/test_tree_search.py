@@ -118,12 +118,14 @@ def test_prefix_of_a_longer_search_is_the_tree_a_shorter_search_grows():
     long, short = go(6), go(2)
     assert len(long.meta["rollout_nodes"]) == long.meta["stats"]["rollouts"]
     assert long.meta["rollout_nodes"] == sorted(long.meta["rollout_nodes"])
+    assert long.meta["rollout_tokens"][-1] == long.meta["stats"]["tokens"]
     cut = long.prefix(2)
     assert len(cut.nodes) < len(long.nodes)  # the later rollouts grew more nodes
     assert [(n.parent, n.text, n.ppm, n.children) for n in cut.nodes] == [
         (n.parent, n.text, n.ppm, n.children) for n in short.nodes]
     assert [n.answer for n in cut.terminals()] == [n.answer for n in short.terminals()]
     assert cut.meta["rollout_nodes"] == short.meta["rollout_nodes"] and cut.answer is None
+    assert cut.meta["rollout_tokens"] == short.meta["rollout_tokens"]
     assert len(long.prefix(99).nodes) == len(long.nodes)
     with pytest.raises(ValueError, match="rollouts"):
         long.prefix(0)
