@@ -267,8 +267,9 @@ class Tree:
 
     def prefix(self, rollouts: int) -> "Tree":
         """The tree as it stood after its first `rollouts` rollouts (from meta["rollout_nodes"]), with
-        no answer voted. Nodes keep their PPM scores, text and status; q and n keep their final
-        totals (later backups are not undone), so only rules that ignore them are exact on a prefix."""
+        no answer voted. Nodes keep their PPM scores and text; q, n and the status of inner nodes
+        keep their final state (later backups are not undone, a node a later rollout found to be a
+        dead end shows as dead), so only rules that read terminals and PPM scores are exact on a prefix."""
         ends = self.meta.get("rollout_nodes")
         if not ends:
             raise ValueError("this tree does not record its rollouts (saved before rollout_nodes was kept)")
