@@ -22,7 +22,7 @@ from typing import Callable
 
 from rstar_app.eval import gold_in_tree
 from rstar_app.grading import is_correct
-from rstar_app.search.simple import ALL_TERMINALS
+from rstar_app.search.sampling import ALL_TERMINALS
 from rstar_app.selector import Selector
 from rstar_app.tree import Node, Tree, group_by_answer
 

@@ -104,9 +104,12 @@ class SeqContext:
         self.n_ctx, self.n_seq, self.n_batch = n_ctx, n_seq, n_batch
         self.batch = L.llama_batch_init(n_batch, 0, n_seq)
         self.held: list[int] = []                  # tokens whose KV seq 0 holds
+        self.seq_tokens: dict[int, list[int]] = {}  # what seqs 1..n hold, where known (generate_many)
         self.snapshots: OrderedDict[tuple, object] = OrderedDict()
         self.snapshot_bytes, self.snapshot_limit = 0, snapshot_mb * 2**20
-        self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "snapshot_restores": 0}
+        # prefill_tokens / reused_tokens: seq 0; row_*: the rows of generate_many, in their own seqs
+        self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "snapshot_restores": 0,
+                      "row_prefill_tokens": 0, "row_reused_tokens": 0}
         self.lock = threading.Lock()
 
     # -- tokens --
@@ -132,16 +135,17 @@ class SeqContext:
         if rc != 0:
             raise ContextFull(f"llama_decode returned {rc} (context of {self.n_ctx} tokens full?)")
 
-    def load_prefix(self, toks: list[int], *, output_last: bool) -> int:
+    def load_prefix(self, toks: list[int], *, output_last: bool, keep_others: bool = False) -> int:
         """Make seq 0 hold `toks`, decoding only what neither seq 0 nor a snapshot already holds.
-        Clears seqs 1..n. Returns the batch index of the last token's output (when output_last)."""
+        Clears seqs 1..n unless keep_others. Returns the batch index of the last token's output
+        (when output_last)."""
         L = self.L
         if not toks:
             raise ValueError("empty prefix")
         if len(toks) + 1 >= self.n_ctx:
             raise ContextFull(f"prefix of {len(toks)} tokens does not fit the {self.n_ctx}-token context")
-        for s in range(1, self.n_seq):
-            L.llama_memory_seq_rm(self.mem, s, -1, -1)
+        if not keep_others:
+            self.forget_rows()
         keep = len(toks) - 1 if output_last else len(toks)  # the last token is re-decoded for its output
         common = _lcp(self.held, toks, keep)
         best = max((k for k in self.snapshots if common < len(k) <= keep and tuple(toks[:len(k)]) == k),
@@ -171,6 +175,32 @@ class SeqContext:
         if len(toks) - common > 8:
             self._snapshot(tuple(toks))
         return 0
+
+    def forget_rows(self) -> None:
+        """Clear seqs 1..n (and what we know they hold)."""
+        for s in range(1, self.n_seq):
+            self.L.llama_memory_seq_rm(self.mem, s, -1, -1)
+        self.seq_tokens.clear()
+
+    def place(self, rows: list[list[int]]) -> tuple[list[int], list[int]]:
+        """A sequence in 1..n for each row (the one holding the longest start of it, greedily)
+        and how many of the row's tokens it holds already (at most all but the last); the
+        sequences no row gets are cleared, so only these rows hold cells."""
+        pairs = sorted(((_lcp(self.seq_tokens.get(q, ()), t, len(t) - 1), -r, q)
+                        for r, t in enumerate(rows) for q in range(1, self.n_seq)), reverse=True)
+        seq, reuse = [0] * len(rows), [0] * len(rows)
+        taken: set[int] = set()
+        for held, r, q in pairs:
+            if not seq[-r] and q not in taken:
+                seq[-r], reuse[-r] = q, held
+                taken.add(q)
+        for q in range(1, self.n_seq):
+            if q not in taken:
+                self.L.llama_memory_seq_rm(self.mem, q, -1, -1)
+                self.seq_tokens.pop(q, None)
+        for q in taken:
+            self.seq_tokens.pop(q, None)  # re-set once the row's sampling has ended
+        return seq, reuse
 
     def fork(self, n: int) -> None:
         """Copy seq 0 (the prefix) to seqs 1..n."""
@@ -205,6 +235,14 @@ class SeqContext:
 
 class ContextFull(RuntimeError):
     pass
+
+
+def _lcp_all(seqs: Sequence[Sequence[int]]) -> int:
+    """Tokens all of seqs share, leaving each at least its last token of its own."""
+    common = min(len(t) for t in seqs) - 1
+    for t in seqs[1:]:
+        common = _lcp(seqs[0], t, common)
+    return common
 
 
 def _lcp(a: Sequence[int], b: Sequence[int], limit: int) -> int:
@@ -256,18 +294,92 @@ class LlamaPolicy:
             samplers = [self._sampler(t, top_p, top_k, seed + i)
                         for i, t in enumerate(sibling_temperatures(n, temperature, greedy_first))]
             try:
-                return self._sample_loop(toks, last, n, samplers, max_tokens, list(stop))
+                return self._sample_loop([len(toks)] * n, {i: last for i in range(n)}, samplers, max_tokens,
+                                         list(stop), cx.n_ctx - len(toks), list(range(1, n + 1)))[0]
             finally:
                 for smp in samplers:
                     L.llama_sampler_free(smp)
 
-    def _sample_loop(self, toks, last, n, samplers, max_tokens, stop) -> list[Candidate]:
+    def generate_many(self, prefixes: Sequence[str], *, temperatures: Sequence[float], seeds: Sequence[int],
+                      max_tokens: int, top_p: float = 0.95, top_k: int = 40,
+                      stop: Sequence[str] = ()) -> list[Candidate]:
+        """One continuation of each prefix, up to `max_candidates` prefixes per batch (fewer when
+        their own tokens would overflow the context); row i samples with temperatures[i] and
+        seeds[i]. Made for prefixes that grow call after call (independent samples, one step per
+        call): each row goes to the sequence already holding the longest start of it, so only its
+        new tokens (the last step and its output) are decoded; what no sequence holds is copied
+        from seq 0 (the prefixes' shared start, decoded once)."""
+        if not len(prefixes) == len(temperatures) == len(seeds):
+            raise ValueError("prefixes, temperatures and seeds must have the same length")
         cx, L = self.cx, self.cx.L
+        out: list[Candidate] = []
+        with cx.lock:
+            toks = [cx.tokenize(p) for p in prefixes]
+            for group in self._groups(toks, max_tokens):
+                rows = [toks[i] for i in group]
+                seqs, reuse = cx.place(rows)
+                common = _lcp_all(rows)
+                if any(r < common for r in reuse):
+                    cx.load_prefix(rows[0][:common], output_last=False, keep_others=True)
+                for q, r in zip(seqs, reuse):
+                    if r < common:  # nothing useful held: start from the shared prefix in seq 0
+                        L.llama_memory_seq_rm(cx.mem, q, -1, -1)
+                        L.llama_memory_seq_cp(cx.mem, 0, q, -1, -1)
+                    else:
+                        L.llama_memory_seq_rm(cx.mem, q, r, -1)
+                start = [max(r, common) for r in reuse]
+                # each row's own tokens but its last, in full batches; then the last tokens together
+                own = [(tok, pos, q, False) for t, q, st in zip(rows, seqs, start)
+                       for pos, tok in enumerate(t[:-1]) if pos >= st]
+                for b in range(0, len(own), cx.n_batch):
+                    cx.decode(own[b:b + cx.n_batch])
+                cx.decode([(t[-1], len(t) - 1, q, True) for t, q in zip(rows, seqs)])
+                cx.stats["row_prefill_tokens"] += len(own) + len(rows)
+                cx.stats["row_reused_tokens"] += sum(start)
+                samplers = [self._sampler(temperatures[i], top_p, top_k, seeds[i]) for i in group]
+                try:
+                    # cells: seq 0, each row's own tokens, and one more copy of the shared start for
+                    # rows whose sequences were forked from an earlier seq 0
+                    budget = cx.n_ctx - len(cx.held) - common - sum(len(t) - common for t in rows)
+                    got, fed = self._sample_loop([len(t) for t in rows], {r: r for r in range(len(rows))}, samplers,
+                                                 max_tokens, list(stop), budget, seqs)
+                finally:
+                    for smp in samplers:
+                        L.llama_sampler_free(smp)
+                if fed is None:  # the context filled up mid-batch: forget what the sequences hold
+                    cx.forget_rows()
+                else:
+                    cx.seq_tokens.update({q: t + f for q, t, f in zip(seqs, rows, fed)})
+                out += got
+        return out
+
+    def _groups(self, toks: list[list[int]], max_tokens: int) -> list[list[int]]:
+        """Consecutive rows per batch: at most max_candidates, and the shared prefix plus every
+        row's own tokens and max_tokens new ones within the context's cells."""
+        groups: list[list[int]] = []
+        for i in range(len(toks)):
+            g = groups[-1] + [i] if groups and len(groups[-1]) < self.max_candidates else None
+            if g is not None:
+                common = _lcp_all([toks[j] for j in g])
+                if common + sum(len(toks[j]) - common + max_tokens for j in g) <= self.cx.n_ctx:
+                    groups[-1] = g
+                    continue
+            groups.append([i])
+        return groups
+
+    def _sample_loop(self, lens: list[int], idx: dict[int, int], samplers, max_tokens: int, stop: list[str],
+                     budget_cells: int, seqs: list[int]) -> tuple[list[Candidate], list[list[int]] | None]:
+        """Sample every row until its stop string, EOS or max_tokens. Row i continues a prefix of
+        lens[i] tokens held in sequence seqs[i]; idx maps each row to its logits' index in the last
+        batch; budget_cells = cells left in the context for all rows' new tokens. Returns the
+        candidates and, per row, the sampled tokens decoded into its sequence (None when the
+        context filled up and a decode failed)."""
+        cx, L = self.cx, self.cx.L
+        n = len(lens)
         out_tok: list[list[int]] = [[] for _ in range(n)]
+        fed: list[list[int]] | None = [[] for _ in range(n)]
         raw = [b"" for _ in range(n)]
         result: list[Candidate | None] = [None] * n
-        idx = {i: last for i in range(n)}
-        budget_cells = cx.n_ctx - len(toks)
         while idx:
             entries, order = [], []
             for i, bi in list(idx.items()):
@@ -288,7 +400,7 @@ class LlamaPolicy:
                     result[i] = Candidate(text, None, len(out_tok[i]))
                     del idx[i]
                 else:
-                    entries.append((tok, len(toks) + len(out_tok[i]) - 1, i + 1, True))
+                    entries.append((tok, lens[i] + len(out_tok[i]) - 1, seqs[i], True))
                     order.append(i)
             if entries:
                 try:
@@ -296,9 +408,12 @@ class LlamaPolicy:
                 except ContextFull:
                     for i in order:
                         result[i] = Candidate(_text(raw[i]), None, len(out_tok[i]))
+                    fed = None
                     break
+                for i in order:
+                    fed[i].append(out_tok[i][-1])
                 idx = {i: j for j, i in enumerate(order)}
-        return [r for r in result if r is not None]
+        return [r for r in result if r is not None], fed
 
     def _sampler(self, temperature: float, top_p: float, top_k: int, seed: int):
         L = self.cx.L
@@ -372,9 +487,7 @@ class LlamaPPM:
         cx, L = self.cx, self.cx.L
         with cx.lock:
             full = [cx.tokenize(prefix + st) for st in steps]
-            shared = min(len(f) for f in full) - 1   # each sibling keeps >= 1 own token
-            for f in full[1:]:
-                shared = _lcp(full[0], f, shared)
+            shared = _lcp_all(full)   # each sibling keeps >= 1 own token
             L.llama_set_embeddings(cx.ctx, False)
             cx.load_prefix(full[0][:shared], output_last=False)
             cx.fork(len(steps))

@@ -11,7 +11,8 @@ from ..steps import build_prompt
 from ..tree import Event, Tree
 from .common import Search
 from .mcts import mcts
-from .simple import VOTE_TOP_K, beam, best_of_n, greedy, majority
+from .sampling import VOTE_TOP_K, best_of_n, majority
+from .simple import beam, greedy
 
 STRATEGIES: dict[str, Callable[[Search], Tree]] = {
     "mcts": mcts, "greedy": greedy, "majority": majority, "best_of_n": best_of_n, "beam": beam,

@@ -84,37 +84,50 @@ class Search:
             return 1.0 if node.correct else -1.0
         return node.ppm if node.ppm is not None else 0.0
 
-    def kill(self, node: Node, reason: str) -> None:
+    def kill(self, node: Node, reason: str, tree: Tree | None = None) -> None:
         """A rollout ended in a dead end at `node`: mark it and back -1 up the path."""
+        tree = self.tree if tree is None else tree
         node.status, node.reason = DEAD, reason
-        self.tree.emit(Event("update", node.id, {"status": DEAD, "reason": reason}))
-        self.tree.backup(node, DEAD_REWARD)
+        tree.emit(Event("update", node.id, {"status": DEAD, "reason": reason}))
+        tree.backup(node, DEAD_REWARD)
 
     # -- expansion --
     def expand(self, node: Node, *, n: int | None = None, temperature: float | None = None) -> list[Node]:
         """Add up to n checked children under `node`; returns the live (non-dead) new children."""
         c = self.config
-        n = c.candidates if n is None else n
-        temperature = c.temperature if temperature is None else temperature
-        tree = self.tree
-        if node.depth >= c.max_depth:
-            self.kill(node, f"depth limit ({c.max_depth} steps)")
+        prefix = self.prepare(node)
+        if prefix is None:
             return []
-        prefix = tree.text(node)
-        if self.policy.count_tokens(prefix) + c.max_step_tokens > self.policy.n_ctx:
-            self.kill(node, f"context window full ({self.policy.n_ctx} tokens)")
-            return []
-        self.check_cancel()
         t0 = time.monotonic()
+        temperature = c.temperature if temperature is None else temperature
         cands = self.policy.generate(
-            prefix, n=n, max_tokens=c.max_step_tokens, temperature=temperature,
+            prefix, n=c.candidates if n is None else n, max_tokens=c.max_step_tokens, temperature=temperature,
             top_p=c.top_p, top_k=c.top_k, seed=self.seed_for(node), stop=STOP,
             greedy_first=c.greedy_first and temperature > 0,
         )
         self.gen_seconds += time.monotonic() - t0
         self.expansions += 1
         self.tokens += sum(cd.tokens for cd in cands)
+        return self.admit(node, prefix, cands)
 
+    def prepare(self, node: Node, tree: Tree | None = None) -> str | None:
+        """The text the policy continues at `node`, or None after killing `node` at the depth
+        limit or when no step fits the context window any more."""
+        c, tree = self.config, self.tree if tree is None else tree
+        if node.depth >= c.max_depth:
+            self.kill(node, f"depth limit ({c.max_depth} steps)", tree)
+            return None
+        prefix = tree.text(node)
+        if self.policy.count_tokens(prefix) + c.max_step_tokens > self.policy.n_ctx:
+            self.kill(node, f"context window full ({self.policy.n_ctx} tokens)", tree)
+            return None
+        self.check_cancel()
+        return prefix
+
+    def admit(self, node: Node, prefix: str, cands: Sequence, tree: Tree | None = None) -> list[Node]:
+        """Parse generated candidates for `node` (prefix = its text), drop duplicate siblings, run
+        their code, PPM-score the survivors and add them all to the tree; returns the live ones."""
+        tree = self.tree if tree is None else tree
         seen_text, seen_answers, new = set(), [], []
         for cd in cands:
             step = parse_step(cd.text, cd.stop)
@@ -126,7 +139,7 @@ class Search:
                 if any(same_answer(step.answer, a) for a in seen_answers):
                     continue  # several siblings giving the same answer: keep one
                 seen_answers.append(step.answer)
-            new.append(self._add_child(node, step, cd.tokens))
+            new.append(self._add_child(node, step, cd.tokens, tree))
             self.check_cancel()
         live = [ch for ch in new if ch.status != DEAD]
         if self.ppm is not None and live:
@@ -146,8 +159,7 @@ class Search:
     def _rendered(self, node: Node) -> str:
         return render_step(Step(node.kind, node.text, code=node.code), node.output)
 
-    def _add_child(self, parent: Node, step: Step, tokens: int) -> Node:
-        tree = self.tree
+    def _add_child(self, parent: Node, step: Step, tokens: int, tree: Tree) -> Node:
         if step.kind == "invalid":
             return tree.add(parent, kind="invalid", text=step.text, status=DEAD, reason=step.reason, tokens=tokens)
         if step.kind == "answer":
@@ -228,5 +240,5 @@ def run_loop(s: Search, body: Callable[[int], bool], *, limit: int | None = None
     return s.finish(stopped, top_k)
 
 
-def backup_terminal(s: Search, node: Node) -> None:
-    s.tree.backup(node, s.terminal_reward(node))
+def backup_terminal(s: Search, node: Node, tree: Tree | None = None) -> None:
+    (s.tree if tree is None else tree).backup(node, s.terminal_reward(node))

@@ -1,6 +1,6 @@
-"""Baselines behind the same interface as MCTS: greedy, majority vote, best-of-N with the PPM,
-and step-level beam search with the PPM. All draw from the same tree so they can be drawn and
-compared at equal token budgets."""
+"""Baselines behind the same interface as MCTS: greedy and step-level beam search with the PPM
+(independent samples, majority and best-of-N, are in sampling.py). All draw from the same tree so
+they can be drawn and compared at equal token budgets."""
 
 from __future__ import annotations
 
@@ -15,31 +15,6 @@ def greedy(s: Search) -> Tree:
         if end is not None:
             backup_terminal(s, end)
         return False  # a second greedy sample would be identical
-    return run_loop(s, body)
-
-
-ALL_TERMINALS = 10**9
-# strategies whose final vote is not over config.top_k_vote terminals (re-votes of saved trees use this)
-VOTE_TOP_K = {"majority": ALL_TERMINALS}
-
-
-def majority(s: Search) -> Tree:
-    """`rollouts` sampled trajectories; the most frequent answer wins (no PPM needed)."""
-    def body(_: int) -> bool:
-        end = walk_to_terminal(s, s.tree.root)
-        return True  # terminals keep value 0: ranking is by the vote alone
-    return run_loop(s, body, top_k=VOTE_TOP_K["majority"])  # every trajectory votes
-
-
-def best_of_n(s: Search) -> Tree:
-    """`rollouts` sampled trajectories; the one whose answer the PPM scores highest wins."""
-    if s.ppm is None:
-        raise ValueError("best-of-N needs a PPM: load one or use --strategy majority")
-    def body(_: int) -> bool:
-        end = walk_to_terminal(s, s.tree.root)
-        if end is not None:
-            backup_terminal(s, end)
-        return True
     return run_loop(s, body)
 
 

@@ -161,3 +161,101 @@ def test_a_small_context_window_ends_long_branches_and_the_search_goes_on():
     assert len(tree.root.children) >= 2 and tree.meta["stats"]["rollouts"] >= 2  # it went on
     assert tree.meta["stopped"] in (None, "search space exhausted")
     assert [n.to_dict() for n in Tree.from_json(tree.to_json()).nodes] == [n.to_dict() for n in tree.nodes]
+
+
+def shipped_policy(**kw):
+    """The shipped policy (base + round adapter): confident steps, so few near-ties to break."""
+    from rstar_app.weights import load_weights
+    w = load_weights()
+    return LlamaPolicy(w.base, adapter=str(w.policy_adapter), **{"max_candidates": 4, "n_ctx": 2048,
+                                                                 "max_step_tokens": 64, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return shipped_policy()
+
+
+def test_generate_many_continues_each_prefix_as_its_own_call_would(trained):
+    """Six prefixes of different lengths (two identical) in batches of at most 4: each row follows
+    its own prefix. Compared with one call per prefix; a near-tie may break differently in a batch
+    of another size (see the first test), so one row in six may differ."""
+    base = build_prompt(PROBLEM, few_shot=False)
+    two = base + STEP + "# Step 2: He buys 5 more.\nbought = 5\n<end_of_step>\n"
+    prefixes = [base, base + STEP, two, base + STEP, base + "# Step 1: Tom buys 5 apples.\nb = 5\n<end_of_step>\n",
+                two + "# Step 3: Add them up.\nprint(apples + bought)\n<end_of_code>\n<output>8\n<end_of_output>\n"]
+    alone = [trained.generate(p, n=1, max_tokens=40, temperature=0.0, stop=STOP)[0].text for p in prefixes]
+    many = trained.generate_many(prefixes, temperatures=[0.0] * 6, seeds=[0] * 6, max_tokens=40, stop=STOP)
+    assert len(many) == 6 and many[1].text == many[3].text
+    assert sum(a == m.text for a, m in zip(alone, many)) >= 5, list(zip(alone, [m.text for m in many]))
+    assert len({m.text for m in many}) >= 4  # the rows did not all continue one prefix
+    a = trained.generate_many(prefixes[:4], temperatures=[1.0] * 4, seeds=[5, 6, 7, 8], max_tokens=40, stop=STOP)
+    b = trained.generate_many(prefixes[:4], temperatures=[1.0] * 4, seeds=[5, 6, 7, 8], max_tokens=40, stop=STOP)
+    assert [c.text for c in a] == [c.text for c in b]  # seeded: reproducible
+    with pytest.raises(ValueError, match="same length"):
+        trained.generate_many(prefixes, temperatures=[0.0], seeds=[0] * 6, max_tokens=8)
+
+
+def test_generate_many_splits_rows_that_would_overflow_the_context():
+    small = shipped_policy(n_ctx=512)  # 768 cells
+    base = build_prompt(PROBLEM)
+    long_step = "# Step 1: " + "Tom counts his apples again, one by one. " * 25 + "\napples = 3\n<end_of_step>\n"
+    prefixes = [base + long_step.replace("again", w) for w in ("again", "twice", "slowly")]
+    toks = [small.cx.tokenize(p) for p in prefixes]
+    groups = small._groups(toks, 64)
+    assert len(groups) > 1 and sorted(i for g in groups for i in g) == [0, 1, 2]
+    many = small.generate_many(prefixes, temperatures=[0.0] * 3, seeds=[0] * 3, max_tokens=64, stop=STOP)
+    alone = [small.generate(p, n=1, max_tokens=64, temperature=0.0, stop=STOP)[0].text for p in prefixes]
+    assert len(many) == 3 and sum(a == m.text for a, m in zip(alone, many)) >= 2
+
+
+def test_generate_many_decodes_only_the_new_tokens_of_growing_prefixes(trained):
+    """Four samples grown step by step, as best-of-N does: from the second call on each row finds
+    its earlier tokens in a sequence and decodes only its new step (and output). The greedy text
+    matches a policy that starts every call from nothing (one row in the chain may break a
+    near-tie differently)."""
+    fresh = shipped_policy()
+    base = build_prompt(PROBLEM, few_shot=False)
+    rows, reused, mismatched = [base + STEP] * 2 + [base] * 2, [], 0
+    for depth in range(3):
+        before = dict(trained.stats)
+        got = trained.generate_many(rows, temperatures=[0.0] * 4, seeds=[0] * 4, max_tokens=40, stop=STOP)
+        fresh.cx.forget_rows()
+        ref = fresh.generate_many(rows, temperatures=[0.0] * 4, seeds=[0] * 4, max_tokens=40, stop=STOP)
+        mismatched += sum(a.text != b.text for a, b in zip(got, ref))
+        new = trained.stats["row_prefill_tokens"] - before["row_prefill_tokens"]
+        reused.append(trained.stats["row_reused_tokens"] - before["row_reused_tokens"])
+        if depth:  # each row: its last step (<= 40 tokens) + marker, plus tokens re-split at the seam
+            assert new <= sum(c.tokens + 12 for c in prev), (depth, new)
+        prev = got
+        rows = [r + c.text + "<end_of_step>\n" for r, c in zip(rows, got)]
+    assert reused[1] > 3 * trained.count_tokens(base) and reused[2] > reused[1]
+    assert mismatched <= 1
+
+
+def test_best_of_n_on_the_shipped_engine_samples_in_waves_and_keeps_each_sample_whole():
+    """Six samples on the app's engine (waves of 4 and 2 through generate_many, the real sandbox
+    and PPM): every sample is one path from the root, in order, and the tree cut after 4 samples
+    is what those 4 made."""
+    from rstar_app.config import SearchConfig
+    from rstar_app.engine import Engine
+    from rstar_app.tree import TERMINAL, Tree
+
+    engine = Engine.load(max_candidates=4, n_ctx=2048)
+    try:
+        tree = engine.solve(PROBLEM, SearchConfig(strategy="best_of_n", rollouts=6, seed=3, time_limit=600))
+    finally:
+        engine.close()
+    ends = tree.meta["rollout_nodes"]
+    assert tree.meta["stats"]["rollouts"] == len(ends) == 6 and ends[-1] == len(tree.nodes)
+    assert tree.meta["rollout_tokens"][-1] == tree.meta["stats"]["tokens"] == sum(n.tokens for n in tree.nodes)
+    for a, b in zip([1] + ends, ends):
+        path = tree.nodes[a:b]
+        assert path[0].parent == 0 and all(n.parent == path[i].id for i, n in enumerate(path[1:]))
+        assert all(n.ppm is not None for n in path if n.status != "dead")
+    terminals = tree.terminals()
+    assert terminals and all(n.status == TERMINAL and n.value == pytest.approx(n.ppm) for n in terminals)
+    assert tree.answer is not None and engine.policy.stats["row_reused_tokens"] > 0
+    cut = tree.prefix(4)
+    assert len(cut.nodes) == ends[3] and len(cut.terminals()) <= 4
+    assert [n.to_dict() for n in Tree.from_json(tree.to_json()).nodes] == [n.to_dict() for n in tree.nodes]
