@@ -319,6 +319,10 @@ class LlamaPolicy:
                 rows = [toks[i] for i in group]
                 seqs, reuse = cx.place(rows)
                 common = _lcp_all(rows)
+                keep = _lcp(cx.held, rows[0], common)
+                if keep < len(cx.held):  # seq 0 keeps no more than the rows' shared start: bounded cells
+                    L.llama_memory_seq_rm(cx.mem, 0, keep, -1)
+                    cx.held = cx.held[:keep]
                 if any(r < common for r in reuse):
                     cx.load_prefix(rows[0][:common], output_last=False, keep_others=True)
                 for q, r in zip(seqs, reuse):
@@ -339,7 +343,7 @@ class LlamaPolicy:
                 samplers = [self._sampler(temperatures[i], top_p, top_k, seeds[i]) for i in group]
                 try:
                     # cells: seq 0, each row's own tokens, and one more copy of the shared start for
-                    # rows whose sequences were forked from an earlier seq 0
+                    # rows whose sequences were forked from an earlier seq 0 (see _groups)
                     budget = cx.n_ctx - len(cx.held) - common - sum(len(t) - common for t in rows)
                     got, fed = self._sample_loop([len(t) for t in rows], {r: r for r in range(len(rows))}, samplers,
                                                  max_tokens, list(stop), budget, seqs)
@@ -354,14 +358,15 @@ class LlamaPolicy:
         return out
 
     def _groups(self, toks: list[list[int]], max_tokens: int) -> list[list[int]]:
-        """Consecutive rows per batch: at most max_candidates, and the shared prefix plus every
-        row's own tokens and max_tokens new ones within the context's cells."""
+        """Consecutive rows per batch: at most max_candidates, and within the context's cells the
+        shared prefix twice (seq 0's copy, and an older one rows kept from an earlier call) plus
+        every row's own tokens and max_tokens new ones."""
         groups: list[list[int]] = []
         for i in range(len(toks)):
             g = groups[-1] + [i] if groups and len(groups[-1]) < self.max_candidates else None
             if g is not None:
                 common = _lcp_all([toks[j] for j in g])
-                if common + sum(len(toks[j]) - common + max_tokens for j in g) <= self.cx.n_ctx:
+                if 2 * common + sum(len(toks[j]) - common + max_tokens for j in g) <= self.cx.n_ctx:
                     groups[-1] = g
                     continue
             groups.append([i])

@@ -139,10 +139,13 @@ def test_rows_are_packed_into_batches_that_fit_the_context():
     policy = SimpleNamespace(max_candidates=3, cx=SimpleNamespace(n_ctx=1000))
     prompt = list(range(100))
     rows = [prompt + [1000 + i] * own for i, own in enumerate([10, 10, 10, 10, 300, 300, 50])]
-    # cells = 100 shared + (own + 64 new) per row; at most 3 rows: [3, 4, 5] needs 100 + 74 + 2 * 364 = 902
+    # cells = 2 x 100 shared + (own + 64 new) per row, at most 3 rows: [3, 4, 5] needs 200 + 74 + 2 * 364
+    policy.cx.n_ctx = 1002
     assert LlamaPolicy._groups(policy, rows, 64) == [[0, 1, 2], [3, 4, 5], [6]]
-    policy.cx.n_ctx = 600  # now [3, 4, 5] does not fit (902) and row 5 starts a batch: 100 + 364 + 114 = 578
+    policy.cx.n_ctx = 1001  # now [3, 4, 5] does not fit and row 5 starts a batch: 200 + 364 + 114 = 678
     assert LlamaPolicy._groups(policy, rows, 64) == [[0, 1, 2], [3, 4], [5, 6]]
-    policy.cx.n_ctx = 500
-    assert LlamaPolicy._groups(policy, rows, 64) == [[0, 1, 2], [3], [4], [5], [6]]  # 100 + 74 + 364 = 538
+    policy.cx.n_ctx = 677
+    assert LlamaPolicy._groups(policy, rows, 64) == [[0, 1, 2], [3, 4], [5], [6]]
+    policy.cx.n_ctx = 637  # 200 + 74 + 364 = 638
+    assert LlamaPolicy._groups(policy, rows, 64) == [[0, 1, 2], [3], [4], [5], [6]]
     assert LlamaPolicy._groups(policy, [prompt] * 2, 64) == [[0, 1]]  # identical rows keep one own token
