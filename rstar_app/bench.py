@@ -1,6 +1,7 @@
 """`rstar-app bench`: one table of engine speeds, every ratio measured in the same run.
 
-Rows: K siblings sequentially (n=1 calls, same KV reuse) vs in one batch; prefix tokens
+Rows: K siblings sequentially (n=1 calls, same KV reuse) vs in one batch; K independent samples
+grown step by step (best-of-N), one call per sample vs one generate_many per step; prefix tokens
 re-evaluated while a search jumps between branches, with snapshots vs a single-sequence cache
 (what the high-level API does); PPM ms per step, siblings one by one vs in one decode; executor
 ms per step cold / warm / prefix-cached.
@@ -53,6 +54,30 @@ def bench_policy(policy, k: int, tokens: int, repeats: int) -> list[str]:
                      f"single-sequence cache: {single}, no cache: {total} "
                      f"(**{single / max(evaluated, 1):.1f}x** fewer than single-sequence)"))
     return rows
+
+
+def bench_samples(policy, k: int, tokens: int, repeats: int, steps: int = 3) -> list[str]:
+    """K samples grown `steps` steps each, as best-of-N does: generate(n=1) per sample and step
+    (snapshots restore each sample's prefix) vs one generate_many per step (rows keep their KV)."""
+    base = build_prompt(PROBLEM, few_shot=True)
+    kw = dict(max_tokens=tokens, top_p=0.95, top_k=40, stop=STOP)
+    rates: dict[str, list[float]] = {"one call per sample": [], "generate_many": []}
+    for r in range(repeats):
+        for mode, out in rates.items():
+            rows, made, t0 = [base] * k, 0, time.perf_counter()
+            for depth in range(steps):
+                seeds = [1000 * r + 10 * i + depth for i in range(k)]
+                if mode == "generate_many":
+                    got = policy.generate_many(rows, temperatures=[0.8] * k, seeds=seeds, **kw)
+                else:
+                    got = [policy.generate(p, n=1, temperature=0.8, seed=sd, **kw)[0] for p, sd in zip(rows, seeds)]
+                made += sum(c.tokens for c in got)
+                rows = [p + c.text + (c.stop or "") + "\n" for p, c in zip(rows, got)]
+            out.append(made / (time.perf_counter() - t0))
+    one, many = (float(np.median(v)) for v in rates.values())
+    return [_row(f"best-of-N: {k} samples x {steps} steps, one call per sample", f"{one:.1f} tok/s", f"median of {repeats}"),
+            _row(f"best-of-N: {k} samples x {steps} steps, generate_many per step", f"{many:.1f} tok/s",
+                 f"**{many / one:.2f}x** one call per sample")]
 
 
 def _single_sequence_cost(texts, policy) -> int:
@@ -112,6 +137,8 @@ def main(a) -> int:
     engine = engine_from_args(a, max_candidates=a.candidates)
     rows = ["| measure | value | note |", "|---|---|---|"]
     rows += bench_policy(engine.policy, a.candidates, a.tokens, a.repeats)
+    if hasattr(engine.policy, "generate_many"):
+        rows += bench_samples(engine.policy, a.candidates, a.tokens, a.repeats)
     ppm, note = engine.ppm, ""
     if ppm is None and hasattr(engine.policy, "llm"):
         # no trained PPM: time the mechanism with a random head on the base model

@@ -8,7 +8,10 @@ shared model (one adapter per context), with
   * a bounded LRU of per-prefix KV snapshots (`llama_state_seq_get/set_data`, KV only, ~23 KB per
     token) so returning to an earlier branch restores instead of re-prefilling;
   * sequences 1..K for K siblings: the prefix is copied (`llama_memory_seq_cp`, shared cells in a
-    unified KV cache) and each `llama_decode` carries one token per live sibling.
+    unified KV cache) and each `llama_decode` carries one token per live sibling;
+  * or, for `generate_many` (K different prefixes, e.g. best-of-N's samples one step each), one
+    sequence per prefix that it keeps between calls, so a sample's next call decodes only its
+    new step.
 """
 
 from __future__ import annotations
