@@ -77,6 +77,14 @@ class Search:
         # distinct, reproducible seeds per (search seed, node, expansion)
         return (self.config.seed * 1_000_003 + node.id * 7919 + self.expansions * 104_729) % (2**31 - 64)
 
+    def end_rollout(self, tokens: int | None = None) -> None:
+        """Bookkeeping of one finished rollout: the count, where it ended (for Tree.prefix), the
+        tokens generated up to its end (default: all so far) and the "rollout" event."""
+        self.rollouts += 1
+        self.rollout_nodes.append(len(self.tree.nodes))
+        self.rollout_tokens.append(self.tokens if tokens is None else tokens)
+        self.tree.emit(Event("rollout", None, self.stats()))
+
     # -- rewards --
     def terminal_reward(self, node: Node) -> float:
         """+1/-1 against ground truth when given (training), else the PPM score, else 0."""
@@ -226,10 +234,7 @@ def run_loop(s: Search, body: Callable[[int], bool], *, limit: int | None = None
                 break
             s.check_cancel()
             more = body(i)
-            s.rollouts += 1
-            s.rollout_nodes.append(len(s.tree.nodes))
-            s.rollout_tokens.append(s.tokens)
-            s.tree.emit(Event("rollout", None, s.stats()))
+            s.end_rollout()
             if not more:
                 stopped = "search space exhausted"
                 break

@@ -69,10 +69,7 @@ def sample(s: Search, *, backup: bool, top_k: int | None = None) -> Tree:
             for scratch in wave:
                 _graft(s, scratch)
                 tokens += sum(nd.tokens for nd in scratch.nodes)
-                s.rollouts += 1
-                s.rollout_nodes.append(len(s.tree.nodes))
-                s.rollout_tokens.append(tokens)
-                s.tree.emit(Event("rollout", None, s.stats()))
+                s.end_rollout(tokens)
             wave = []
     except Cancelled:
         stopped = "cancelled"
