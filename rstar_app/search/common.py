@@ -206,8 +206,7 @@ class Search:
         return tree
 
 
-def walk_to_terminal(s: Search, node: Node, *, temperature: float | None = None,
-                     pick: Callable[[list[Node]], Node] | None = None) -> Node | None:
+def walk_to_terminal(s: Search, node: Node, *, temperature: float | None = None) -> Node | None:
     """Extend one trajectory from `node` with single-candidate expansions until an answer or a dead
     end. Returns the terminal reached (None when the branch died)."""
     while True:
@@ -215,10 +214,10 @@ def walk_to_terminal(s: Search, node: Node, *, temperature: float | None = None,
             return node
         if node.status == DEAD:
             return None
-        live = s.expand(node, n=1 if pick is None else s.config.candidates, temperature=temperature)
+        live = s.expand(node, n=1, temperature=temperature)
         if not live:
             return None
-        node = live[0] if pick is None else pick(live)
+        node = live[0]
 
 
 def run_loop(s: Search, body: Callable[[int], bool], *, limit: int | None = None,
