@@ -2,7 +2,8 @@
 
     python -m training.selector --rollouts training/runs/cpu-small/round-4/rollouts.jsonl \
         --out training/runs/cpu-small/round-4/selector \
-        --transfer training/runs/eval/gsm8k-r3-ppm-mcts-r8-k4-s0-ss1234.trees [--publish weights]
+        --transfer training/runs/eval/gsm8k-r3-ppm-mcts-r8-k4-s0-ss1234.trees \
+        [--baseline weights/selector-r3.json] [--publish weights]
 
 Why: the PPM alone picks the right answer in few of the trees that hold it (round-3 table: 55 of the
 172 such trees of 580), and a plain vote does no better; the tree holds more evidence than either
@@ -106,15 +107,25 @@ def dir_trees(d: str) -> list[tuple[str, Tree, str]]:
     return trees
 
 
-def transfer_scores(trees: list[tuple[str, Tree, str]], selector: Selector) -> dict:
-    """Right answers picked on these trees by the selector and by the engine's other rules."""
+def transfer_scores(trees: list[tuple[str, Tree, str]], selector: Selector,
+                    baseline: Selector | None = None) -> dict:
+    """Right answers picked on these trees by the selector, by the engine's other rules and by a
+    baseline selector (e.g. the shipped one)."""
     def right(rule: str) -> int:
         n = 0
         for _, t, gold in trees:
             n += bool(is_correct(t.vote(4, rule, selector), gold))
         return n
-    return {"trees": len(trees), "learned": right("learned"), "top-4 vote": right("top-k"),
-            "ppm-weighted": right("ppm-weighted"), "in_tree": sum(gold_in_tree(t, g) for _, t, g in trees)}
+    out = {"trees": len(trees), "learned": right("learned"), "top-4 vote": right("top-k"),
+           "ppm-weighted": right("ppm-weighted"), "in_tree": sum(gold_in_tree(t, g) for _, t, g in trees)}
+    if baseline is not None:
+        out["baseline"] = sum(bool(is_correct(t.vote(4, "learned", baseline), g)) for _, t, g in trees)
+    return out
+
+
+def weight_vector(selector: Selector) -> np.ndarray:
+    """[features] in FEATURES order (a feature the selector does not weigh counts 0)."""
+    return np.array([selector.weights.get(k, 0.0) for k in FEATURES])
 
 
 def publish(src: Path, report: dict, weights_dir: Path) -> Path:
@@ -135,9 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--transfer", default="",
                     help="comma-separated tree directories (`rstar-app eval --save-trees`) to score, never fit on")
+    ap.add_argument("--baseline", metavar="SELECTOR_JSON", default=None,
+                    help="a selector file (e.g. weights/selector-r3.json) to score next to the new fit, on the "
+                         "training trees (it was not fit on them) and the transfer trees")
     ap.add_argument("--publish", metavar="WEIGHTS_DIR", default=None,
                     help="copy the selector into this weights directory and name it in its manifest")
     a = ap.parse_args(argv)
+    try:
+        base = Selector.load(a.baseline) if a.baseline else None
+    except ValueError as e:
+        print(f"error: --baseline {e}", file=sys.stderr)
+        return 2
 
     rows = tree_rows(rollout_trees([f for f in a.rollouts.split(",") if f]))
     mixed = mixed_trees(rows)
@@ -156,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"trees": len(rows), "mixed_trees": mixed, "folds": a.folds, "seed": a.seed, "lambda": lam,
               "cross_validation_right": cv, "weights": sel.weights, "rollouts": a.rollouts.split(","),
               "command": command}
-    transfer = {d: transfer_scores(dir_trees(d), sel) for d in a.transfer.split(",") if d}
+    if base is not None:
+        report["baseline"] = {"selector": a.baseline, "training_right": picks_right(rows, weight_vector(base))}
+    transfer = {d: transfer_scores(dir_trees(d), sel, base) for d in a.transfer.split(",") if d}
     if transfer:
         report["transfer"] = transfer
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -166,10 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, n in cv.items():
         print(f"  {name:>14}: {n} / {len(rows)}")
     print(f"chosen lambda {lam:g}; weights " + ", ".join(f"{k} {v:+.3f}" for k, v in sel.weights.items()))
+    if base is not None:
+        print(f"baseline {a.baseline} on all {len(rows)} training trees: {report['baseline']['training_right']}")
     if transfer:
-        print("\n| trees never fit on | learned | top-4 vote | PPM-weighted | in tree |\n|---|---|---|---|---|")
+        col = " baseline |" if base is not None else ""
+        print(f"\n| trees never fit on | learned |{col} top-4 vote | PPM-weighted | in tree |\n|---|---|"
+              + "---|" * (3 + (base is not None)))
         for d, t in transfer.items():
-            print(f"| {d} ({t['trees']}) | {t['learned']} | {t['top-4 vote']} | {t['ppm-weighted']} | {t['in_tree']} |")
+            b = f" {t['baseline']} |" if base is not None else ""
+            print(f"| {d} ({t['trees']}) | {t['learned']} |{b} {t['top-4 vote']} | {t['ppm-weighted']} | {t['in_tree']} |")
     print(f"selector -> {out / 'selector.json'}")
     if a.publish:
         print(f"published {publish(out / 'selector.json', report, Path(a.publish))}")

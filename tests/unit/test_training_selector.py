@@ -79,3 +79,31 @@ def test_cli_refuses_trees_that_hold_nothing_to_fit(tmp_path, capsys):
     (tmp_path / "r.jsonl").write_text(json.dumps({"id": "a", "gold": "3", "trace": t.to_json(events=False)}) + "\n")
     assert main(["--rollouts", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "out")]) == 1
     assert "no tree holds both a right and a wrong answer" in capsys.readouterr().err
+
+
+def test_cli_scores_a_baseline_selector_on_training_and_transfer_trees(tmp_path, capsys):
+    _rollouts(tmp_path / "r.jsonl", 20, seed=3)
+    trees = tmp_path / "eval.trees"
+    trees.mkdir()
+    rng = random.Random(4)
+    for i in range(6):
+        t, _ = _problem(200 + i, rng)
+        (trees / f"{i}.json").write_text(json.dumps(t.to_json(events=False)))
+    counter = tmp_path / "count.json"  # the plain vote as a selector: wrong in every one of these trees
+    Selector(weights={"logc": 1.0}).save(counter)
+    assert main(["--rollouts", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "out"),
+                 "--transfer", str(trees), "--baseline", str(counter)]) == 0
+    out = capsys.readouterr().out
+    assert f"baseline {counter} on all 20 training trees: 0" in out
+    assert f"| {trees} (6) | 6 | 0 |" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["baseline"] == {"selector": str(counter), "training_right": 0}
+    assert report["transfer"][str(trees)]["baseline"] == 0 and report["transfer"][str(trees)]["learned"] == 6
+
+
+def test_cli_rejects_a_baseline_that_is_not_a_selector_file(tmp_path, capsys):
+    _rollouts(tmp_path / "r.jsonl", 5, seed=5)
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["--rollouts", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "out"),
+                 "--baseline", str(tmp_path / "bad.json")]) == 2
+    assert "--baseline" in capsys.readouterr().err and not (tmp_path / "out").exists()
