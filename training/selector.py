@@ -111,15 +111,12 @@ def transfer_scores(trees: list[tuple[str, Tree, str]], selector: Selector,
                     baseline: Selector | None = None) -> dict:
     """Right answers picked on these trees by the selector, by the engine's other rules and by a
     baseline selector (e.g. the shipped one)."""
-    def right(rule: str) -> int:
-        n = 0
-        for _, t, gold in trees:
-            n += bool(is_correct(t.vote(4, rule, selector), gold))
-        return n
+    def right(rule: str, sel: Selector = selector) -> int:
+        return sum(bool(is_correct(t.vote(4, rule, sel), gold)) for _, t, gold in trees)
     out = {"trees": len(trees), "learned": right("learned"), "top-4 vote": right("top-k"),
            "ppm-weighted": right("ppm-weighted"), "in_tree": sum(gold_in_tree(t, g) for _, t, g in trees)}
     if baseline is not None:
-        out["baseline"] = sum(bool(is_correct(t.vote(4, "learned", baseline), g)) for _, t, g in trees)
+        out["baseline"] = right("learned", baseline)
     return out
 
 
