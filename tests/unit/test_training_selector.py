@@ -32,6 +32,16 @@ def _rollouts(path, n: int, seed: int) -> None:
             f.write(json.dumps({"id": f"p{seed}-{i}", "gold": gold, "trace": t.to_json(events=False)}) + "\n")
 
 
+def _tree_dir(path, n: int, seed: int):
+    """n saved trees with their gold answers, as `rstar-app eval --save-trees` writes them."""
+    path.mkdir()
+    rng = random.Random(seed)
+    for i in range(n):
+        t, _ = _problem(i, rng)
+        (path / f"{i}.json").write_text(json.dumps(t.to_json(events=False)))
+    return path
+
+
 def test_fit_learns_the_telling_feature_and_cross_validation_holds_out_problems(tmp_path):
     _rollouts(tmp_path / "r.jsonl", 40, seed=0)
     rows = tree_rows(rollout_trees([str(tmp_path / "r.jsonl")]))
@@ -48,12 +58,7 @@ def test_fit_learns_the_telling_feature_and_cross_validation_holds_out_problems(
 
 def test_cli_writes_a_loadable_selector_scores_transfer_trees_and_publishes(tmp_path, capsys):
     _rollouts(tmp_path / "r.jsonl", 30, seed=1)
-    trees = tmp_path / "eval.trees"
-    trees.mkdir()
-    rng = random.Random(2)
-    for i in range(10):
-        t, _ = _problem(100 + i, rng)
-        (trees / f"{i}.json").write_text(json.dumps(t.to_json(events=False)))
+    trees = _tree_dir(tmp_path / "eval.trees", 10, seed=2)
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "old-selector.json").write_text("{}")
@@ -83,12 +88,7 @@ def test_cli_refuses_trees_that_hold_nothing_to_fit(tmp_path, capsys):
 
 def test_cli_scores_a_baseline_selector_on_training_and_transfer_trees(tmp_path, capsys):
     _rollouts(tmp_path / "r.jsonl", 20, seed=3)
-    trees = tmp_path / "eval.trees"
-    trees.mkdir()
-    rng = random.Random(4)
-    for i in range(6):
-        t, _ = _problem(200 + i, rng)
-        (trees / f"{i}.json").write_text(json.dumps(t.to_json(events=False)))
+    trees = _tree_dir(tmp_path / "eval.trees", 6, seed=4)
     counter = tmp_path / "count.json"  # the plain vote as a selector: wrong in every one of these trees
     Selector(weights={"logc": 1.0}).save(counter)
     assert main(["--rollouts", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "out"),
