@@ -187,12 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     if base is not None:
         print(f"baseline {a.baseline} on all {len(rows)} training trees: {report['baseline']['training_right']}")
     if transfer:
-        col = " baseline |" if base is not None else ""
-        print(f"\n| trees never fit on | learned |{col} top-4 vote | PPM-weighted | in tree |\n|---|---|"
-              + "---|" * (3 + (base is not None)))
+        cols = [("learned", "learned")] + [("baseline", "baseline")] * (base is not None) + [
+            ("top-4 vote", "top-4 vote"), ("PPM-weighted", "ppm-weighted"), ("in tree", "in_tree")]
+        print("\n| trees never fit on | " + " | ".join(h for h, _ in cols) + " |\n|---|" + "---|" * len(cols))
         for d, t in transfer.items():
-            b = f" {t['baseline']} |" if base is not None else ""
-            print(f"| {d} ({t['trees']}) | {t['learned']} |{b} {t['top-4 vote']} | {t['ppm-weighted']} | {t['in_tree']} |")
+            print(f"| {d} ({t['trees']}) | " + " | ".join(str(t[k]) for _, k in cols) + " |")
     print(f"selector -> {out / 'selector.json'}")
     if a.publish:
         print(f"published {publish(out / 'selector.json', report, Path(a.publish))}")
