@@ -136,20 +136,31 @@ def read_lora_gguf(path: str | os.PathLike, *, base=None) -> tuple[float, dict[s
     return alpha, pairs
 
 
+def _pad_rank(a: np.ndarray, b: np.ndarray, rank: int, *, scaled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A [r, in], B [out, r] as rank-`rank` factors with the same delta under peft's one scale
+    alpha / rank: zero rows / columns added, and B times rank / r when the scale depends on the rank."""
+    r = a.shape[0]
+    if r == rank:
+        return a, b
+    a = np.concatenate([a, np.zeros((rank - r, a.shape[1]), a.dtype)])
+    b = np.concatenate([b * (rank / r if scaled else 1.0), np.zeros((b.shape[0], rank - r), b.dtype)], axis=1)
+    return a, b.astype(a.dtype)
+
+
 def import_lora_gguf(path: str | os.PathLike, out_dir: str | os.PathLike, *, base=None) -> Path:
     """Adapter GGUF -> peft adapter directory (so a shipped policy can initialise the next round's
     PPM, whose training merges a peft policy adapter first). A stacked adapter (alpha 0, scales folded
-    into B) imports as one LoRA of summed rank with alpha = rank (scale 1)."""
+    into B) imports as one LoRA of summed rank with alpha = rank (scale 1). Tensors of a lower rank
+    than the largest (a stacked adapter whose parts cover different layers) are padded with zeros,
+    their B scaled so that each keeps llama.cpp's scale, alpha / its own rank (1 when alpha is 0)."""
     import torch
     from peft import get_peft_model
 
     from training import loop
     from training.common import load_base
     alpha, pairs = read_lora_gguf(path, base=base)
-    ranks = {a.shape[0] for a, _ in pairs.values()}
-    if len(ranks) != 1:
-        raise ValueError(f"{path}: LoRA ranks differ across tensors ({sorted(ranks)})")
-    rank = ranks.pop()
+    rank = max(a.shape[0] for a, _ in pairs.values())
+    pairs = {k: _pad_rank(a, b, rank, scaled=bool(alpha)) for k, (a, b) in pairs.items()}
     gguf_to_hf = {v: k for k, v in HF_TO_GGUF.items()}
     layers = sorted({int(k.split(".")[1]) for k in pairs})
     targets = sorted({gguf_to_hf[k.split(".")[2]].split(".")[-1] for k in pairs})

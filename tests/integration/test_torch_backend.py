@@ -230,3 +230,35 @@ def test_gpu_check_script_runs_end_to_end_on_cpu_with_the_tiny_model(tiny, tmp_p
     # depends on thread timing; test_batching_policy_* pins the lockstep)
     shard_stats = [json.loads((out / f"rollouts.{i}.log").read_text().strip().splitlines()[-1]) for i in (0, 1)]
     assert all(s["ran"] == 2 and s["batches"]["requests"] >= 2 for s in shard_stats), shard_stats
+
+
+def test_torch_ppm_loads_the_shipped_stacked_ppm_adapter_whose_ranks_differ(tmp_path):
+    """weights/ppm-r3.gguf stacks the policy LoRA (every layer) and the PPM LoRA (top layers): rank 16
+    below, 32 above. It imports as one peft LoRA with the rank-16 tensors zero-padded and the same
+    delta on every tensor, and the torch PPM then scores near the llama.cpp PPM (their Q4_1 base and f16
+    adapter against fp32: 24 dev terminals measured 0.09 apart on average)."""
+    from safetensors.numpy import load_file
+    from rstar_app.models.llama_cpp import LlamaPPM
+    from rstar_app.weights import load_weights
+    from training.export import HF_TO_GGUF, import_lora_gguf, read_lora_gguf
+    w = load_weights(REPO / "weights")
+    alpha, pairs = read_lora_gguf(w.ppm_adapter, base=w.base)
+    ranks = {a.shape[0] for a, _ in pairs.values()}
+    assert len(ranks) > 1, "the shipped PPM adapter is no longer of mixed ranks: this test needs one"
+    peft = import_lora_gguf(w.ppm_adapter, tmp_path / "ppm", base=w.base)
+    cfg = json.loads((peft / "adapter_config.json").read_text())
+    assert cfg["r"] == max(ranks)
+    tensors = load_file(str(peft / "adapter_model.safetensors"))
+    hf = {v: k for k, v in HF_TO_GGUF.items()}
+    for stem, (a, b) in pairs.items():
+        layer, module = stem.split(".")[1], hf[stem.split(".")[2]]
+        key = f"base_model.model.model.layers.{layer}.{module}.lora_"
+        got = cfg["lora_alpha"] / cfg["r"] * tensors[key + "B.weight"] @ tensors[key + "A.weight"]
+        np.testing.assert_allclose(got, (alpha / a.shape[0] if alpha else 1.0) * b @ a, rtol=1e-4, atol=1e-6)
+    prefix = build_prompt(PROBLEM)
+    steps = ["# She buys 2 more pens\npens = 4 + 2\nprint(pens)\n<end_of_step>",
+             "# Subtract the pens\npens = 4 - 2\nprint(pens)\n<end_of_step>",
+             "# Multiply\npens = 4 * 2 * 10\nprint(pens)\n<end_of_step>"]
+    t = TorchPPM(w.base, w.ppm_head, ppm_adapter=str(peft), device="cpu", dtype="float32").score(prefix, steps)
+    ll = LlamaPPM(w.base, w.ppm_head, adapter=str(w.ppm_adapter), n_threads=2, n_ctx=1024, max_candidates=4)
+    assert np.allclose(t, ll.score(prefix, steps), atol=0.3), (t, ll.score(prefix, steps))

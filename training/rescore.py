@@ -1,0 +1,173 @@
+"""Score the finished solutions of saved search trees again with another PPM, without searching again.
+
+    python -m training.rescore training/runs/eval/gsm8k-r3-ppm-best_of_n-r16-k4-vsel-s0-ss1234.trees \
+        --ppm-adapter training/runs/cpu-small/round-4/ppm/ppm.gguf \
+        --ppm-head training/runs/cpu-small/round-4/ppm/value_head.npz --tag ppm-r4b \
+        --out training/runs/eval/rescored
+    python -m training.selection training/runs/eval/rescored/<run>-ppm-r4b.trees --selector weights/selector-r3.json
+
+Why: every answer rule (training.selection, the learned selector) reads only a tree's terminals and
+their PPM scores. A best-of-N sample never sees the PPM (each runs to its end on its own; the PPM only
+scores it afterwards), so a best-of-N tree whose terminals another PPM scored is exactly the tree a
+best-of-N search with that PPM would have returned: two PPMs are compared on the very same samples,
+and selection is measured apart from generation and from sampling noise. An MCTS tree was steered by
+the PPM that grew it, so its rescored copy says only how the other PPM would choose among those
+terminals, not what a search with it would have found; the summary says which (`exact`).
+
+Writes a run in the source's layout: <out>/<run>-<tag>.trees/ (every tree, terminal PPM scores
+replaced, inner nodes untouched), <run>-<tag>.jsonl (the source's rows, answered again by the source's
+own rule on the new scores; tokens and seconds are the search's) and <run>-<tag>.summary.json, so
+`training.compare`, `training.selection` and `rstar-app eval --from-trees` read it like any run. The
+learned rule uses --selector (default: the weights' selector). Resumes: rescored trees are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rstar_app.config import SearchConfig  # noqa: E402
+from rstar_app.eval import _safe, _write_json, gold_in_tree, summarize  # noqa: E402
+from rstar_app.grading import is_correct  # noqa: E402
+from rstar_app.jsonl import append_row, read_rows  # noqa: E402
+from rstar_app.search import vote_top_k  # noqa: E402
+from rstar_app.selector import Selector  # noqa: E402
+from rstar_app.tree import Tree  # noqa: E402
+from training.common import atomic_write_json, command_line  # noqa: E402
+
+# strategies whose samples the PPM does not steer: rescoring them replays the search exactly
+UNSTEERED = ("best_of_n", "majority")
+
+
+def rescore_tree(tree: Tree, ppm) -> dict:
+    """Replace every terminal's PPM score by `ppm`'s, in place (one call: the prompt is decoded once
+    and the terminals' own tokens share batches). Returns {terminals, max_abs_change}."""
+    ts = tree.terminals()
+    if not ts:
+        return {"terminals": 0, "max_abs_change": 0.0}
+    texts = [tree.text(nd) for nd in ts]
+    assert all(t.startswith(tree.prompt) for t in texts)  # tree.text starts with the prompt by construction
+    scores = ppm.score(tree.prompt, [t[len(tree.prompt):] for t in texts])
+    change = 0.0
+    for nd, s in zip(ts, scores):
+        if nd.ppm is not None:
+            change = max(change, abs(nd.ppm - s))
+        nd.ppm = float(s)
+    return {"terminals": len(ts), "max_abs_change": change}
+
+
+def load_ppm(a: argparse.Namespace):
+    """The PPM named on the command line (explicit adapter + head, else a weights dir's), in llama.cpp
+    as the engine runs it, or in torch fp32 (the model as trained: what llama.cpp's Q4_1 base and
+    f16 adapter approximate)."""
+    from rstar_app.weights import load_weights
+    w = load_weights(a.weights)
+    adapter = a.ppm_adapter or (str(w.ppm_adapter) if w.ppm_adapter and not a.ppm_head else None)
+    head = a.ppm_head or (str(w.ppm_head) if w.ppm_head else None)
+    if head is None:
+        raise SystemExit("error: no PPM head: pass --ppm-head, or --weights DIR whose manifest names one")
+    for p in (adapter, head):
+        if p and not Path(p).is_file():
+            raise SystemExit(f"error: {p} not found")
+    desc = {"adapter": adapter, "head": head, "backend": a.backend,
+            "name": f"PPM {Path(head).name}" + (f" + {Path(adapter).name}" if adapter else "")
+            + (" (torch fp32)" if a.backend == "torch" else "")}
+    if a.backend == "torch":
+        from rstar_app.models.torch_hf import TorchPPM
+        from training.export import as_peft_dir
+        with tempfile.TemporaryDirectory() as tmp:  # the peft import is merged in at load, then not needed
+            peft = as_peft_dir(adapter, Path(tmp) / "peft", base=str(w.base)) if adapter else None
+            return TorchPPM(w.base, head, ppm_adapter=peft, device="cpu", dtype="float32"), desc
+    from rstar_app.models.llama_cpp import LlamaPPM
+    return LlamaPPM(w.base, head, adapter=adapter, max_candidates=8, n_ctx=a.n_ctx, n_threads=a.threads), desc
+
+
+def revote_rows(rows_path: Path, trees: Path, rule: str, selector: Selector | None) -> list[dict]:
+    """The source run's rows, each answered again by `rule` on its rescored tree."""
+    out = []
+    for r in read_rows(rows_path):
+        tree = Tree.read(trees / f"{_safe(r['id'])}.json")
+        config = SearchConfig.from_dict(tree.meta.get("config") or {})
+        tree.vote(vote_top_k(config.strategy, config), rule, selector)
+        out.append({**r, "answer": tree.answer, "correct": is_correct(tree.answer, r["gold"]),
+                    "in_tree": gold_in_tree(tree, r["gold"])})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.rescore", description=__doc__.split("\n\n")[0])
+    ap.add_argument("trees", help="a finished run's trees folder (<out>/<run>.trees, from eval --save-trees)")
+    ap.add_argument("--out", required=True, help="folder for the rescored run (never the source's own)")
+    ap.add_argument("--tag", required=True, help="appended to the run name, e.g. ppm-r4b")
+    ap.add_argument("--weights", default=None, help="weights directory (base model; its PPM unless given below)")
+    ap.add_argument("--ppm-adapter", default=None, help="PPM adapter GGUF (stacked policy + PPM, as exported)")
+    ap.add_argument("--ppm-head", default=None, help="value head .npz")
+    ap.add_argument("--selector", default=None, help="selector file for the learned rule (default: the weights')")
+    ap.add_argument("--backend", choices=("llama", "torch"), default="llama",
+                    help="llama: the engine's llama.cpp PPM; torch: the same adapter and head in fp32")
+    ap.add_argument("--n-ctx", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+
+    src = Path(a.trees)
+    summary_path = src.with_suffix(".summary.json")
+    if not (src.suffix == ".trees" and src.is_dir() and summary_path.is_file()):
+        print(f"error: {src} is not a finished run's trees folder (<run>.trees next to <run>.summary.json)",
+              file=sys.stderr)
+        return 2
+    source = json.loads(summary_path.read_text())
+    name = f"{source.get('run', src.stem)}-{a.tag}"
+    out = Path(a.out)
+    dst = out / f"{name}.trees"
+    if dst.resolve() == src.resolve():
+        print("error: --out and --tag name the source run itself", file=sys.stderr)
+        return 2
+    dst.mkdir(parents=True, exist_ok=True)
+    files = sorted(src.glob("*.json"))
+    todo = [f for f in files if not (dst / f.name).is_file()]
+    selector = None
+    if source.get("vote") == "learned":
+        from rstar_app.weights import load_selector, load_weights
+        selector = Selector.load(a.selector) if a.selector else load_selector(load_weights(a.weights))
+        if selector is None:
+            raise SystemExit("error: the source run answers by a learned selector: pass --selector FILE")
+    ppm, desc = load_ppm(a)
+    exact = source.get("strategy") in UNSTEERED
+    print(f"{name}: {len(files)} trees, {len(files) - len(todo)} already rescored; {desc['name']}; "
+          f"{'exact replay' if exact else 'selection only (the search was steered by its own PPM)'}")
+    t0, n_terms, biggest = time.monotonic(), 0, 0.0
+    for i, f in enumerate(todo, 1):
+        tree = Tree.read(f)
+        r = rescore_tree(tree, ppm)
+        n_terms, biggest = n_terms + r["terminals"], max(biggest, r["max_abs_change"])
+        tree.meta["rescored"] = {"ppm": desc, "from": str(src), "exact": exact}
+        _write_json(dst / f.name, tree.to_json(events=False), indent=0)  # as eval --save-trees writes them
+        if i % 10 == 0 or i == len(todo):
+            dt = time.monotonic() - t0
+            print(f"[{i}/{len(todo)}] {n_terms} terminals, {n_terms / max(dt, 1e-9):.2f} a second, "
+                  f"largest score change {biggest:.3f}", flush=True)
+    rows = revote_rows(src.with_suffix(".jsonl"), dst, source.get("vote", "top-k"), selector)
+    with open(dst.with_suffix(".jsonl.tmp"), "w") as fh:
+        for r in rows:
+            append_row(fh, r)
+    os.replace(dst.with_suffix(".jsonl.tmp"), dst.with_suffix(".jsonl"))
+    models = f"{source.get('models', '?')}; terminals rescored by {desc['name']}"
+    summary = {**source, "run": name, "models": models, **summarize(rows),
+               "rescored": {"from": str(src), "ppm": desc, "exact": exact, "command": command_line()}}
+    atomic_write_json(dst.with_suffix(".summary.json"), summary)
+    print(f"{name}: {sum(r['correct'] for r in rows)} / {len(rows)} right ({summary['vote']}; the source: "
+          f"{round(source.get('accuracy', 0) * source.get('problems', 0))}), right answer in the tree "
+          f"{sum(r['in_tree'] for r in rows)}\nwrote {dst}; every rule: python -m training.selection {dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
