@@ -41,7 +41,8 @@ def test_rescoring_with_the_same_ppm_gives_the_search_scores_within_llama_cpp_no
         assert Tree.read(dst / f.name).meta["rescored"]["exact"] is True  # best-of-N: the PPM steered nothing
     assert max(diffs) < 0.35 and sum(diffs) / len(diffs) < 0.12, diffs
     got = [json.loads(line) for line in dst.with_suffix(".jsonl").read_text().splitlines()]
-    assert [r["id"] for r in got] == [r["id"] for r in rows] and all(r["in_tree"] for r in got) == all(r["in_tree"] for r in rows)
+    # same problems, same search cost; whether the gold answer is in the tree cannot change
+    assert [(r["id"], r["in_tree"], r["tokens"]) for r in got] == [(r["id"], r["in_tree"], r["tokens"]) for r in rows]
     summary = json.loads(dst.with_suffix(".summary.json").read_text())
     assert summary["problems"] == 2 and "terminals rescored by PPM" in summary["models"]
 
