@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import sys
 import tempfile
 import time
@@ -35,10 +35,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rstar_app.config import SearchConfig  # noqa: E402
-from rstar_app.eval import _safe, _write_json, gold_in_tree, summarize  # noqa: E402
-from rstar_app.grading import is_correct  # noqa: E402
-from rstar_app.jsonl import append_row, read_rows  # noqa: E402
-from rstar_app.search import vote_top_k  # noqa: E402
+from rstar_app.eval import _write_json, revote, summarize  # noqa: E402
+from rstar_app.jsonl import read_rows  # noqa: E402
 from rstar_app.selector import Selector  # noqa: E402
 from rstar_app.tree import Tree  # noqa: E402
 from training.common import atomic_write_json, command_line  # noqa: E402
@@ -90,16 +88,15 @@ def load_ppm(a: argparse.Namespace):
     return LlamaPPM(w.base, head, adapter=adapter, max_candidates=8, n_ctx=a.n_ctx, n_threads=a.threads), desc
 
 
-def revote_rows(rows_path: Path, trees: Path, rule: str, selector: Selector | None) -> list[dict]:
-    """The source run's rows, each answered again by `rule` on its rescored tree."""
-    out = []
-    for r in read_rows(rows_path):
-        tree = Tree.read(trees / f"{_safe(r['id'])}.json")
-        config = SearchConfig.from_dict(tree.meta.get("config") or {})
-        tree.vote(vote_top_k(config.strategy, config), rule, selector)
-        out.append({**r, "answer": tree.answer, "correct": is_correct(tree.answer, r["gold"]),
-                    "in_tree": gold_in_tree(tree, r["gold"])})
-    return out
+def revote_rows(rows_path: Path, trees: Path, rule: str, selector: Selector | None, *, top_k: int = 4) -> list[dict]:
+    """The source run's rows, each answered again by `rule` on its rescored tree: the source's rows are
+    copied next to `trees` (<run>.jsonl, where eval's re-vote reads them) and rewritten by that re-vote."""
+    rows = read_rows(rows_path)
+    out = trees.with_suffix(".jsonl")
+    if out.resolve() != Path(rows_path).resolve():
+        shutil.copyfile(rows_path, out)
+    return revote([{"id": r["id"], "gold": r["gold"]} for r in rows], SearchConfig(vote=rule, top_k_vote=top_k),
+                  trees, out, selector)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,11 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             dt = time.monotonic() - t0
             print(f"[{i}/{len(todo)}] {n_terms} terminals, {n_terms / max(dt, 1e-9):.2f} a second, "
                   f"largest score change {biggest:.3f}", flush=True)
-    rows = revote_rows(src.with_suffix(".jsonl"), dst, source.get("vote", "top-k"), selector)
-    with open(dst.with_suffix(".jsonl.tmp"), "w") as fh:
-        for r in rows:
-            append_row(fh, r)
-    os.replace(dst.with_suffix(".jsonl.tmp"), dst.with_suffix(".jsonl"))
+    rows = revote_rows(src.with_suffix(".jsonl"), dst, source.get("vote", "top-k"), selector,
+                       top_k=int(source.get("top_k_vote", 4)))
     models = f"{source.get('models', '?')}; terminals rescored by {desc['name']}"
     summary = {**source, "run": name, "models": models, **summarize(rows),
                "rescored": {"from": str(src), "ppm": desc, "exact": exact, "command": command_line()}}
