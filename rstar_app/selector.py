@@ -11,6 +11,10 @@ training/selector.py on training-problem trees, never on benchmark problems):
     isint               the answer is a non-negative integer (word problems' answers mostly are)
     cov, covmean, full  how many of the problem's numbers the terminal's code uses: best, mean over
                         the group, and 1 when some terminal uses all of them
+    lpmax, lpmean       how sure the policy was of the terminals' steps: mean log-probability per
+                        generated token along each path (Node.logprob / Node.tokens), best and mean
+                        over the group; 0 for every group of a tree whose search did not record it
+                        (older trees), so they shift all answers alike and the rest decide
 
 Pure Python (no numpy): the engine and the trace viewer import it.
 """
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
     from .tree import Node, Tree
 
 SELECTOR_FORMAT = "rstar-app-selector"
-FEATURES = ("maxp", "meanp", "sump", "logc", "share", "isint", "cov", "covmean", "full")
+FEATURES = ("maxp", "meanp", "sump", "logc", "share", "isint", "cov", "covmean", "full", "lpmax", "lpmean")
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -46,6 +50,15 @@ def _is_whole(answer: str | None) -> float:
     return float(math.isfinite(x) and x >= 0 and x == int(x))
 
 
+def path_logprob(tree: "Tree", node: "Node") -> float | None:
+    """Mean log-probability per generated token of the steps from the root to `node` (nats), or None
+    when a step on the path has no recorded log-probability."""
+    steps = tree.path(node)[1:]
+    if not steps or any(nd.logprob is None for nd in steps):
+        return None
+    return sum(nd.logprob for nd in steps) / max(1, sum(nd.tokens for nd in steps))
+
+
 def answer_features(tree: "Tree") -> list[tuple[list["Node"], dict[str, float]]]:
     """[(group of terminals with one answer, {feature: value})] for every answer in the tree, groups in
     the order of group_by_answer over the terminals ranked by (PPM, value): so a tie in score goes
@@ -54,13 +67,18 @@ def answer_features(tree: "Tree") -> list[tuple[list["Node"], dict[str, float]]]
     ts = sorted(tree.terminals(), key=lambda nd: (nd.ppm if nd.ppm is not None else 0.0, nd.value, -nd.id),
                 reverse=True)
     asked = numbers_in(tree.problem)
+    lps = {nd.id: path_logprob(tree, nd) for nd in ts}
+    known = [x for x in lps.values() if x is not None]
+    floor = min(known, default=0.0)  # a terminal without one (mixed trees only) counts as the least sure
     out = []
     for g in group_by_answer(ts):
+        lp = [floor if lps[nd.id] is None else lps[nd.id] for nd in g]
         p = [nd.ppm if nd.ppm is not None else 0.0 for nd in g]
         cov = [len(asked & numbers_in("\n".join(tree.codes(nd)))) / max(1, len(asked)) for nd in g]
         out.append((g, {"maxp": max(p), "meanp": sum(p) / len(p), "sump": sum((x + 1.0) / 2.0 for x in p),
                         "logc": math.log(len(g)), "share": len(g) / len(ts), "isint": _is_whole(g[0].answer),
-                        "cov": max(cov), "covmean": sum(cov) / len(cov), "full": float(max(cov) >= 1.0)}))
+                        "cov": max(cov), "covmean": sum(cov) / len(cov), "full": float(max(cov) >= 1.0),
+                        "lpmax": max(lp), "lpmean": sum(lp) / len(lp)}))
     return out
 
 

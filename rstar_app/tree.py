@@ -52,6 +52,7 @@ class Node:
     q: float = 0.0
     n: int = 0
     tokens: int = 0             # tokens generated for this step
+    logprob: float | None = None  # their summed log-probability under the policy (Candidate.logprob)
     errors_in_row: int = 0      # consecutive failing steps on the path ending here
     children: list[int] = field(default_factory=list)
 

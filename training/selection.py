@@ -7,7 +7,7 @@ A search can grow the right answer and still pick a wrong one. This prints, for 
 many problems it answers correctly on the same trees, next to "in tree" (any terminal right: the
 ceiling no rule can beat), so a selection miss (PPM / vote) can be told from a generation miss
 (policy); then the chance level (a random terminal) and how often the PPM ranks a right terminal
-above a wrong one of the same tree. Gold answers are only read to grade, after the rule has chosen.
+above a wrong one of the same tree (and the policy's own log-probability, where the trees hold it). Gold answers are only read to grade, after the rule has chosen.
 `--budgets 8,16,32` adds the same rules on every tree cut back to its first 8, 16, 32 rollouts:
 the accuracy-by-search-budget curve from one long run.
 """
@@ -23,7 +23,7 @@ from typing import Callable
 from rstar_app.eval import gold_in_tree
 from rstar_app.grading import is_correct
 from rstar_app.search.sampling import ALL_TERMINALS
-from rstar_app.selector import Selector
+from rstar_app.selector import Selector, path_logprob
 from rstar_app.tree import Node, Tree, group_by_answer
 
 
@@ -69,6 +69,19 @@ def best_mean_path_ppm(tree: Tree) -> str | None:
 best_mean_path_ppm.__name__ = "best mean path PPM"
 
 
+def best_path_logprob(tree: Tree) -> str | None:
+    """The terminal whose steps the policy was surest of (mean log-probability per token; trees that
+    hold no log-probabilities fall back to the first terminal)."""
+    def key(nd: Node) -> float:
+        lp = path_logprob(tree, nd)
+        return lp if lp is not None else float("-inf")
+    ts = tree.terminals()
+    return max(ts, key=key).answer if ts else None
+
+
+best_path_logprob.__name__ = "best path policy log-prob"
+
+
 BEST_TERMINAL_PPM = best_single(lambda nd: nd.ppm if nd.ppm is not None else -2.0, "best terminal PPM")
 RULES: list[Callable[[Tree], str | None]] = [
     top_k_vote(1), top_k_vote(2), top_k_vote(4), top_k_vote(8), top_k_vote(ALL_TERMINALS),
@@ -76,14 +89,14 @@ RULES: list[Callable[[Tree], str | None]] = [
     weighted_vote(lambda nd: max(nd.value, 0.0) + 1e-6, "vote weighted by value"),
     BEST_TERMINAL_PPM,
     best_single(lambda nd: nd.value, "best terminal value"),
-    best_mean_path_ppm,
+    best_mean_path_ppm, best_path_logprob,
 ]
 
 
 # rules that read only PPM scores and the tree's shape, never q / n: exact on Tree.prefix
 PREFIX_RULES: list[Callable[[Tree], str | None]] = [
     weighted_vote(lambda nd: 1.0, "vote over all terminals (count only)"), ppm_weighted_vote, BEST_TERMINAL_PPM,
-    best_mean_path_ppm,
+    best_mean_path_ppm, best_path_logprob,
 ]
 
 
@@ -130,9 +143,20 @@ def random_terminal(trees: list[Tree]) -> float:
 def ppm_ranking(trees: list[Tree]) -> tuple[float | None, int]:
     """(share of (right, wrong) terminal pairs of the same tree where the right one has the higher
     PPM score, ties half; number of such pairs). 0.5 is a PPM that cannot tell them apart."""
+    return ranking(trees, lambda t, nd: nd.ppm)
+
+
+def logprob_ranking(trees: list[Tree]) -> tuple[float | None, int]:
+    """ppm_ranking for the policy's mean log-probability of each terminal's path (trees that record it)."""
+    return ranking(trees, path_logprob)
+
+
+def ranking(trees: list[Tree], score: Callable[[Tree, Node], float | None]) -> tuple[float | None, int]:
+    """(share of right-over-wrong terminal pairs by `score`, ties half; pairs); unscored terminals skipped."""
     wins, pairs = 0.0, 0
     for t in trees:
-        scored = [(nd.ppm, ok) for nd, ok in _graded_terminals(t) if nd.ppm is not None]
+        scored = [(score(t, nd), ok) for nd, ok in _graded_terminals(t)]
+        scored = [(x, ok) for x, ok in scored if x is not None]
         for right in (p for p, ok in scored if ok):
             for wrong in (p for p, ok in scored if not ok):
                 wins += 1.0 if right > wrong else 0.5 if right == wrong else 0.0
@@ -195,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = compare(trees, selector)
     chance = random_terminal(trees)
     ranking, pairs = ppm_ranking(trees)
+    lp_ranking, lp_pairs = logprob_ranking(trees)
     try:
         curve = budget_curve(trees, a.budgets, selector) if a.budgets else None
     except ValueError as e:  # a tree without rollout boundaries
@@ -202,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.json:
         print(json.dumps({"problems": len(trees), "rules": dict(rows), "random_terminal": round(chance, 2),
-                          "ppm_ranking": ranking, "ppm_ranking_pairs": pairs, "budget_curve": curve}, indent=1))
+                          "ppm_ranking": ranking, "ppm_ranking_pairs": pairs, "logprob_ranking": lp_ranking,
+                          "logprob_ranking_pairs": lp_pairs, "budget_curve": curve}, indent=1))
         return 0
     print(f"{len(trees)} trees from {', '.join(a.dirs)}\n\n| rule | correct | accuracy |\n|---|---|---|")
     for name, k in rows:
@@ -211,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     if ranking is not None:
         print(f"\nterminal PPM: a right terminal outscores a wrong one of the same tree in {ranking:.1%} of "
               f"{pairs} pairs (chance 50%)")
+    if lp_ranking is not None:
+        print(f"policy log-probability (mean per token of the path): right over wrong in {lp_ranking:.1%} of "
+              f"{lp_pairs} pairs")
     if curve:
         print(f"\nby rollout budget (each tree cut back to its first R rollouts):\n\n| rule | "
               + " | ".join(f"R = {r}" for r in curve["budgets"]) + " |\n|---|" + "---|" * len(curve["budgets"]))

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One generated continuation: text without its stop marker, the marker that ended it
-    (None when the token limit, the context or EOS ended it) and tokens generated."""
+    (None when the token limit, the context or EOS ended it) and tokens generated. `logprob` is
+    the summed natural-log probability of those tokens under the policy's own distribution
+    (temperature 1, before top-k/top-p): how sure the policy was of its step; None when the
+    backend does not report it. Two candidates are equal when their text, stop and tokens are:
+    logprob is a measurement whose last digits depend on the batch it was decoded in."""
 
     text: str
     stop: str | None
     tokens: int
+    logprob: float | None = field(default=None, compare=False)
 
 
 # A sibling that starts a new chat turn or problem has left the step format: end it, unparsed.

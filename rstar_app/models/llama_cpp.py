@@ -84,6 +84,7 @@ class SeqContext:
         L = self.L = _llama_cpp()
         self.llm = llm
         self.vocab = L.llama_model_get_vocab(llm.model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, n_seq
         cp.kv_unified = True  # without it siblings get "failed to find a memory slot"
@@ -124,6 +125,13 @@ class SeqContext:
         buf = ctypes.create_string_buffer(64)
         n = self.L.llama_token_to_piece(self.vocab, tok, buf, 64, 0, False)
         return buf.raw[:max(n, 0)]
+
+    def token_logprob(self, i: int, tok: int) -> float:
+        """log p(tok) under the logits of output i of the last batch: temperature 1, no top-k/top-p,
+        so it measures the model, not the sampler (read before the next decode overwrites them)."""
+        row = np.ctypeslib.as_array(self.L.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
+        m = float(row.max())
+        return float(row[tok]) - m - float(np.log(np.exp(row - m).sum()))
 
     # -- decoding --
     def decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
@@ -387,13 +395,15 @@ class LlamaPolicy:
         out_tok: list[list[int]] = [[] for _ in range(n)]
         fed: list[list[int]] | None = [[] for _ in range(n)]
         raw = [b"" for _ in range(n)]
+        lp = [0.0] * n  # summed log-probability of each row's tokens (Candidate.logprob)
         result: list[Candidate | None] = [None] * n
         while idx:
             entries, order = [], []
             for i, bi in list(idx.items()):
                 tok = L.llama_sampler_sample(samplers[i], cx.ctx, bi)
+                lp[i] += cx.token_logprob(bi, tok)
                 if L.llama_vocab_is_eog(cx.vocab, tok):
-                    result[i] = Candidate(_text(raw[i]), None, len(out_tok[i]) + 1)
+                    result[i] = Candidate(_text(raw[i]), None, len(out_tok[i]) + 1, lp[i])
                     del idx[i]
                     continue
                 out_tok[i].append(tok)
@@ -402,10 +412,10 @@ class LlamaPolicy:
                 hit = _first_stop(text, stop, _ROGUE)
                 if hit is not None:
                     cut, marker = hit
-                    result[i] = Candidate(text[:cut], marker, len(out_tok[i]))
+                    result[i] = Candidate(text[:cut], marker, len(out_tok[i]), lp[i])
                     del idx[i]
                 elif len(out_tok[i]) >= max_tokens or sum(map(len, out_tok)) >= budget_cells - n:
-                    result[i] = Candidate(text, None, len(out_tok[i]))
+                    result[i] = Candidate(text, None, len(out_tok[i]), lp[i])
                     del idx[i]
                 else:
                     entries.append((tok, lens[i] + len(out_tok[i]) - 1, seqs[i], True))
@@ -415,13 +425,41 @@ class LlamaPolicy:
                     cx.decode(entries)
                 except ContextFull:
                     for i in order:
-                        result[i] = Candidate(_text(raw[i]), None, len(out_tok[i]))
+                        result[i] = Candidate(_text(raw[i]), None, len(out_tok[i]), lp[i])
                     fed = None
                     break
                 for i in order:
                     fed[i].append(out_tok[i][-1])
                 idx = {i: j for j, i in enumerate(order)}
         return [r for r in result if r is not None], fed
+
+    def token_logprobs(self, prefix: str, continuation: str) -> list[tuple[bytes, float]]:
+        """(piece, log p) for every token of `continuation` given `prefix` and the tokens before it,
+        under this policy at temperature 1: what `generate` records as Candidate.logprob, for text it
+        did not sample (a saved tree's steps). One teacher-forced pass; seq 0 keeps `prefix` after."""
+        cx, L = self.cx, self.cx.L
+        with cx.lock:
+            ptoks, toks = cx.tokenize(prefix), cx.tokenize(prefix + continuation)
+            k = _lcp(ptoks, toks, len(ptoks))  # where prefix + continuation stops tokenising like prefix
+            k = k if k == len(ptoks) else max(k - 1, 1)
+            if len(toks) + 1 >= cx.n_ctx:
+                raise ContextFull(f"{len(toks)} tokens do not fit the {cx.n_ctx}-token context")
+            if k >= len(toks):
+                return []
+            cx.load_prefix(toks[:k], output_last=True)
+            out = [(cx.piece(toks[k]), cx.token_logprob(0, toks[k]))]
+            for start in range(k, len(toks) - 1, cx.n_batch):  # token j's output predicts token j + 1
+                chunk = range(start, min(start + cx.n_batch, len(toks) - 1))
+                cx.decode([(toks[j], j, 0, True) for j in chunk])
+                out += [(cx.piece(toks[j + 1]), cx.token_logprob(i, toks[j + 1])) for i, j in enumerate(chunk)]
+            L.llama_memory_seq_rm(cx.mem, 0, k, -1)
+            cx.held = cx.held[:k]
+        # where the prefix's last tokens merged with the continuation's first, drop the tokens that
+        # lie wholly inside the prefix (a straddling one counts as the continuation's)
+        inside = len(prefix.encode("utf-8")) - sum(len(cx.piece(t)) for t in toks[:k])
+        while out and inside >= len(out[0][0]) > 0:
+            inside -= len(out.pop(0)[0])
+        return out
 
     def _sampler(self, temperature: float, top_p: float, top_k: int, seed: int):
         L = self.cx.L

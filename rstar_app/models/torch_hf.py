@@ -188,31 +188,35 @@ class TorchPolicy:
             self.stats["prefill_tokens"] += sum(map(len, seqs))
             past, logits, last = _cache_of(res), res.logits[:, -1].float(), pos[:, -1:]
             for t in range(steps):
-                nxt = samp.draw(logits, drawn + t).tolist()  # the step's only host sync
-                for r, tok in zip(active, nxt):
+                tok_t = samp.draw(logits, drawn + t)
+                lp_t = torch.log_softmax(logits, -1).gather(1, tok_t[:, None])[:, 0]  # T=1 (Candidate.logprob)
+                host = torch.stack([tok_t.double(), lp_t.double()]).tolist()  # the step's only host sync
+                nxt = [int(x) for x in host[0]]
+                for r, tok, lp in zip(active, nxt, host[1]):
                     if r.result is None:
+                        r.logprob += lp
                         self._take_token(r, tok)
                 if t == steps - 1 or all(r.result is not None for r in active):
                     break
                 # finished rows keep decoding (their tokens are ignored): one rectangular batch
                 att = torch.cat([att, att.new_ones(R, 1)], 1)
                 last = last + 1
-                res = self.model(input_ids=torch.tensor(nxt, device=dev)[:, None], attention_mask=att,
+                res = self.model(input_ids=tok_t[:, None], attention_mask=att,
                                  position_ids=last, use_cache=True, **{self._cache_kw: past})
                 past, logits = _cache_of(res), res.logits[:, -1].float()
 
     def _take_token(self, r: "GenRow", tok: int) -> None:
         if tok in self.eos:
-            r.result = Candidate(self._text(r.out), None, len(r.out) + 1)
+            r.result = Candidate(self._text(r.out), None, len(r.out) + 1, r.logprob)
             return
         r.out.append(tok)
         self.stats["generated_tokens"] += 1
         text = self._text(r.out)
         hit = first_stop(text, r.request.stop, ROGUE)
         if hit is not None:
-            r.result = Candidate(text[:hit[0]], hit[1], len(r.out))
+            r.result = Candidate(text[:hit[0]], hit[1], len(r.out), r.logprob)
         elif len(r.out) >= r.limit:
-            r.result = Candidate(text, None, len(r.out))
+            r.result = Candidate(text, None, len(r.out), r.logprob)
 
     def _text(self, toks: list[int]) -> str:
         with self._tok_lock:
@@ -239,12 +243,13 @@ class GenRow:
     Candidate once finished. Its uniforms are `max_tokens` numbers from a CPU generator seeded
     with the row's seed, so its draws depend on nothing else (batch, device, chunking)."""
 
-    __slots__ = ("request", "prompt", "temperature", "limit", "out", "result", "uniforms")
+    __slots__ = ("request", "prompt", "temperature", "limit", "out", "logprob", "result", "uniforms")
 
     def __init__(self, request: GenRequest, prompt: list[int], temperature: float, seed: int, limit: int):
         import torch
         self.request, self.prompt, self.temperature, self.limit = request, prompt, temperature, limit
         self.out: list[int] = []
+        self.logprob = 0.0  # summed log-probability of `out` (and an EOS that ended it)
         self.result: Candidate | None = None if limit > 0 else Candidate("", None, 0)
         g = torch.Generator().manual_seed(int(seed) % 2**63)
         self.uniforms = torch.rand(max(request.max_tokens, 1), generator=g)

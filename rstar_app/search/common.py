@@ -147,7 +147,7 @@ class Search:
                 if any(same_answer(step.answer, a) for a in seen_answers):
                     continue  # several siblings giving the same answer: keep one
                 seen_answers.append(step.answer)
-            new.append(self._add_child(node, step, cd.tokens, tree))
+            new.append(self._add_child(node, step, cd, tree))
             self.check_cancel()
         live = [ch for ch in new if ch.status != DEAD]
         if self.ppm is not None and live:
@@ -167,19 +167,20 @@ class Search:
     def _rendered(self, node: Node) -> str:
         return render_step(Step(node.kind, node.text, code=node.code), node.output)
 
-    def _add_child(self, parent: Node, step: Step, tokens: int, tree: Tree) -> Node:
+    def _add_child(self, parent: Node, step: Step, cand, tree: Tree) -> Node:
+        gen = {"tokens": cand.tokens, "logprob": getattr(cand, "logprob", None)}  # what generating it cost
         if step.kind == "invalid":
-            return tree.add(parent, kind="invalid", text=step.text, status=DEAD, reason=step.reason, tokens=tokens)
+            return tree.add(parent, kind="invalid", text=step.text, status=DEAD, reason=step.reason, **gen)
         if step.kind == "answer":
             if parent.kind != "final_code":
                 # an answer must follow the program's output; one out of nowhere is a guess
                 return tree.add(parent, kind="answer", text=step.text, answer=step.answer, status=DEAD,
-                                reason="answer before the program printed a result", tokens=tokens)
+                                reason="answer before the program printed a result", **gen)
             correct = is_correct(step.answer, self.gold) if self.gold is not None else None
             return tree.add(parent, kind="answer", text=step.text, answer=step.answer,
-                            status=TERMINAL, correct=correct, tokens=tokens)
+                            status=TERMINAL, correct=correct, **gen)
         if parent.kind == "final_code":
-            return tree.add(parent, kind=step.kind, text=step.text, status=DEAD, tokens=tokens,
+            return tree.add(parent, kind=step.kind, text=step.text, status=DEAD, **gen,
                             reason="code after the final answer was printed")
         t0 = time.monotonic()
         res = self.executor.run(tree.codes(parent) + [step.code])
@@ -187,13 +188,13 @@ class Search:
         if res.ok:
             if step.kind == "final_code" and not res.stdout.strip():
                 return tree.add(parent, kind=step.kind, text=step.text, code=step.code, status=DEAD,
-                                tokens=tokens, reason="the final code printed nothing")
+                                **gen, reason="the final code printed nothing")
             return tree.add(parent, kind=step.kind, text=step.text, code=step.code, output=res.stdout,
-                            status=OK, tokens=tokens)
+                            status=OK, **gen)
         in_row = parent.errors_in_row + 1
         dead = in_row > self.config.max_code_errors or step.kind == "final_code"
         return tree.add(parent, kind=step.kind, text=step.text, code=step.code, output=res.stdout,
-                        error=res.error or res.kind, status=DEAD if dead else ERROR, tokens=tokens,
+                        error=res.error or res.kind, status=DEAD if dead else ERROR, **gen,
                         errors_in_row=in_row, reason=f"code failed: {res.error or res.kind}" if dead else "")
 
     def finish(self, stopped: str | None, top_k: int | None = None) -> Tree:

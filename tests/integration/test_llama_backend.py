@@ -259,3 +259,27 @@ def test_best_of_n_on_the_shipped_engine_samples_in_waves_and_keeps_each_sample_
     cut = tree.prefix(4)
     assert len(cut.nodes) == ends[3] and len(cut.terminals()) <= 4
     assert [n.to_dict() for n in Tree.from_json(tree.to_json()).nodes] == [n.to_dict() for n in tree.nodes]
+
+
+def test_each_candidate_carries_the_logprob_a_teacher_forced_pass_gives_its_tokens(trained):
+    """Candidate.logprob (summed while sampling, at temperature 1 whatever the sampler's) against
+    token_logprobs over the same text + stop marker in one pass: the selector's lpmax / lpmean read
+    the first, and training.rescore --policy-logprob writes the second into older trees."""
+    prefix = build_prompt(PROBLEM, few_shot=False)
+    cands = trained.generate(prefix, n=3, max_tokens=48, temperature=0.8, seed=1, stop=STOP)
+    many = trained.generate_many([prefix, prefix + STEP], temperatures=[0.8, 0.0], seeds=[1, 2], max_tokens=48,
+                                 stop=STOP)
+    checked = 0
+    for p, c in [(prefix, c) for c in cands] + list(zip([prefix, prefix + STEP], many)):
+        assert c.logprob is not None and c.logprob < 0
+        if c.stop is None:
+            continue  # ended by EOS or the token limit: no marker text to re-read
+        forced = trained.token_logprobs(p, c.text + c.stop)
+        assert b"".join(piece for piece, _ in forced) == (c.text + c.stop).encode()
+        assert abs(len(forced) - c.tokens) <= 2, (len(forced), c.tokens)
+        assert abs(sum(lp for _, lp in forced) - c.logprob) < 0.05 * c.tokens, (sum(lp for _, lp in forced), c.logprob)
+        checked += 1
+    assert checked >= 3
+    # a prefix whose last token merges with the continuation's first: only the continuation's are returned
+    forced = trained.token_logprobs(prefix + "apples = 1", "23\n")
+    assert b"".join(piece for piece, _ in forced).endswith(b"23\n") and len(forced) <= 4

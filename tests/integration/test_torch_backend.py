@@ -54,6 +54,10 @@ def test_torch_policy_greedy_step_matches_llama_cpp_on_the_shipped_policy(shippe
     assert t.count_tokens(prefix) == ll.count_tokens(prefix)
     # same weights (torch dequantises the same Q4_1 file), different kernels: same greedy words
     assert a.text.split()[:8] == b.text.split()[:8], (a.text, b.text)
+    # and both report how sure the policy was of its step, at temperature 1 (Candidate.logprob)
+    assert a.logprob < 0 and b.logprob < 0
+    if a.text == b.text:
+        assert a.logprob == pytest.approx(b.logprob, abs=0.05 * a.tokens + 0.2)
 
 
 def test_torch_siblings_equal_single_calls_with_their_seeds(tiny):
@@ -111,7 +115,10 @@ def test_torch_generate_batch_of_different_prefixes_equals_each_call_alone(tiny)
     reqs = _requests()
     batch = p.generate_batch(reqs)
     assert [len(b) for b in batch] == [r.n for r in reqs]
-    assert batch == [_alone(p, r) for r in reqs]  # left padding and batch mates change nothing
+    alone = [_alone(p, r) for r in reqs]
+    assert batch == alone  # left padding and batch mates change nothing
+    lps = [(x.logprob, y.logprob) for xs, ys in zip(batch, alone) for x, y in zip(xs, ys)]
+    assert all(x is not None and x <= 0 and x == pytest.approx(y, abs=1e-3) for x, y in lps)
     assert all(c.tokens <= 5 for c in batch[3])
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rstar_app.selector import FEATURES, Selector, answer_features, numbers_in
+from rstar_app.selector import FEATURES, Selector, answer_features, numbers_in, path_logprob
 from rstar_app.tree import Tree
 
 PROBLEM = "Ann has 1,200 stamps and buys 30 more at 2.5 dollars each. How many stamps now?"
@@ -97,3 +97,40 @@ def test_a_broken_shipped_selector_is_a_weights_error_before_any_model_loads(tmp
                                                                              "selector": "selector-r3.json"}}))
     with pytest.raises(WeightsError, match="selector-r3.json: not a readable selector file.*git checkout weights/"):
         Engine.load(weights_dir=tmp_path)
+
+
+def _lp_tree(paths: list[tuple[str, list[tuple[float | None, int]]]]) -> Tree:
+    """paths: (answer, [(step logprob, step tokens) for each step, the answer step last])."""
+    t = Tree(PROBLEM, "prompt")
+    for ans, steps in paths:
+        nd = t.root
+        for i, (lp, n) in enumerate(steps):
+            last = i == len(steps) - 1
+            nd = t.add(nd, kind="answer" if last else "code", status="terminal" if last else "ok",
+                       answer=ans if last else None, code="" if last else "print(1)", ppm=0.0, logprob=lp, tokens=n)
+    return t
+
+
+def test_path_logprob_is_the_mean_per_generated_token_of_the_whole_path():
+    t = _lp_tree([("7", [(-2.0, 10), (-1.0, 30)]), ("8", [(-2.0, 10), (None, 5)])])
+    a, b = t.terminals()
+    assert path_logprob(t, a) == pytest.approx(-3.0 / 40)
+    assert path_logprob(t, b) is None  # a step without one: unknown, not a guess
+
+
+def test_logprob_features_best_and_mean_per_answer_and_the_least_sure_for_unknown_paths():
+    t = _lp_tree([("7", [(-4.0, 10), (-1.0, 10)]), ("7", [(-1.0, 10), (-1.0, 10)]), ("9", [(-0.5, 10), (-0.5, 10)]),
+                  ("11", [(-0.1, 10), (None, 10)])])
+    f = {g[0].answer: feats for g, feats in answer_features(t)}
+    assert f["7"]["lpmax"] == pytest.approx(-0.1) and f["7"]["lpmean"] == pytest.approx((-0.25 - 0.1) / 2)
+    assert f["9"]["lpmax"] == f["9"]["lpmean"] == pytest.approx(-0.05)
+    assert f["11"]["lpmax"] == pytest.approx(-0.25)  # unknown: the tree's least sure path
+    assert Selector({"lpmax": 1.0}).choose(t)[0].answer == "9"
+
+
+def test_trees_without_logprobs_give_every_answer_the_same_logprob_features():
+    feats = [f for _, f in answer_features(_tree(TREE))]
+    assert all(f["lpmax"] == f["lpmean"] == 0.0 for f in feats)
+    # so a selector weighing them answers these trees as one without them
+    t = _tree(TREE)
+    assert Selector({"maxp": 1.0, "lpmax": 5.0, "lpmean": -3.0}).choose(t)[0].answer == "1200.5"

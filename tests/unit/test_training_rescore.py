@@ -3,8 +3,11 @@ own answer rule chooses again; the output is a run that the other tools read."""
 
 import json
 
+import pytest
+
+from rstar_app.steps import OUTPUT, Step, render_step
 from rstar_app.tree import Tree
-from training.rescore import rescore_tree, revote_rows
+from training.rescore import record_logprobs, rescore_tree, revote_rows
 
 
 class TextPPM:
@@ -62,3 +65,61 @@ def test_revote_answers_each_row_again_by_the_rule_on_the_new_scores(tmp_path):
     # p/1: the new PPM prefers 7 -> right; p2: it prefers 9 -> wrong; the search's cost is kept
     assert [(r["id"], r["answer"], r["correct"]) for r in got] == [("p/1", "7", True), ("p2", "9", False)]
     assert all(r["in_tree"] and r["tokens"] == 5 for r in got)
+
+
+class CharPolicy:
+    """One token per character: log p = -1 for a digit, -0.1 for anything else."""
+
+    def __init__(self):
+        self.calls = []
+
+    def token_logprobs(self, prefix: str, continuation: str):
+        self.calls.append((prefix, continuation))
+        return [(ch.encode(), -1.0 if ch.isdigit() else -0.1) for ch in continuation]
+
+
+def test_record_logprobs_gives_each_step_its_mean_per_token_times_its_tokens_without_the_program_output():
+    t = Tree("Q?", "<prompt>", gold="7")
+    c = t.add(t.root, kind="final_code", status="ok", text="# x", code="print(7777)", output="7777\n", tokens=4)
+    a = t.add(c, kind="answer", status="terminal", text="\\boxed{7}", answer="7", tokens=3)
+    b = t.add(c, kind="answer", status="terminal", text="\\boxed{9}", answer="9", tokens=3)  # shares the code step
+    policy = CharPolicy()
+    assert record_logprobs(t, policy) == 3
+    code_text = render_step(Step("final_code", "# x", code="print(7777)"), "7777\n")
+    own = code_text[:code_text.find(OUTPUT)]  # the output block is the executor's, not the policy's
+    digits = sum(ch.isdigit() for ch in own)
+    assert c.logprob == pytest.approx((-1.0 * digits - 0.1 * (len(own) - digits)) / len(own) * 4)
+    answer_text = render_step(Step("answer", "\\boxed{7}"))
+    assert a.logprob == pytest.approx((-1.0 - 0.1 * (len(answer_text) - 1)) / len(answer_text) * 3)
+    # the second terminal's pass starts after the step it shares with the first
+    assert policy.calls[0][0] == "<prompt>" and policy.calls[1] == (t.text(c), render_step(Step("answer", "\\boxed{9}")))
+    assert record_logprobs(t, policy) == 0 and len(policy.calls) == 2  # all recorded: nothing to do
+    assert b.logprob is not None
+
+
+def test_rescore_rollouts_file_records_logprobs_resumes_by_id_and_keeps_the_rows(tmp_path, monkeypatch):
+    import training.rescore as rescore
+    rows = []
+    for i in range(3):
+        t = _tree()
+        rows.append({"id": f"train-{i}", "gold": "7", "answer": "9", "correct": False, "trace": t.to_json(events=False)})
+    src = tmp_path / "rollouts.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(rescore, "load_policy", lambda a: type("P", (CharPolicy,), {"name": "chars"})())
+    out = tmp_path / "o"
+    assert rescore.main([str(src), "--out", str(out), "--tag", "lp", "--keep-ppm", "--policy-logprob"]) == 0
+    got = [json.loads(line) for line in (out / "rollouts-lp.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in got] == ["train-0", "train-1", "train-2"]
+    assert all(r["answer"] == "9" and r["gold"] == "7" for r in got)
+    trees = [Tree.from_json(r["trace"]) for r in got]
+    assert all(nd.logprob is not None for tr in trees for term in tr.terminals() for nd in tr.path(term)[1:])
+    assert [nd.ppm for nd in trees[0].terminals()] == [-0.5, -0.4, 0.9]  # --keep-ppm
+    # a second run finds every id done and appends nothing
+    assert rescore.main([str(src), "--out", str(out), "--tag", "lp", "--keep-ppm", "--policy-logprob"]) == 0
+    assert len((out / "rollouts-lp.jsonl").read_text().splitlines()) == 3
+
+
+def test_keep_ppm_alone_is_refused(tmp_path, capsys):
+    from training.rescore import main
+    assert main([str(tmp_path), "--out", str(tmp_path / "o"), "--tag", "x", "--keep-ppm"]) == 2
+    assert "nothing to do" in capsys.readouterr().err

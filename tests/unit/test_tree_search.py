@@ -236,3 +236,16 @@ def test_a_prompt_longer_than_the_context_window_returns_a_tree_without_answer()
     assert tree.answer is None and pol.calls == []
     assert tree.root.status == DEAD and tree.root.reason == "context window full (20 tokens)"
     assert Tree.from_json(tree.to_json()).root.reason == tree.root.reason
+
+
+@pytest.mark.parametrize("strategy", ["mcts", "majority", "greedy"])
+def test_every_step_keeps_the_logprob_its_candidate_was_generated_with(strategy):
+    from dataclasses import replace
+    script = [[replace(c, logprob=-0.5 * (i + 1) - d) for i, c in enumerate(opts)] for d, opts in enumerate(_script())]
+    tree = run(PROBLEM, policy=ScriptedPolicy(script), executor=InProcessExecutor(), gold="5",
+               config=SearchConfig(strategy=strategy, rollouts=4, candidates=2, seed=0))
+    made = {(c.text, c.logprob) for opts in script for c in opts}
+    steps = tree.nodes[1:]
+    assert steps and all(nd.logprob is not None for nd in steps)
+    assert all(any(nd.text in text and nd.logprob == lp for text, lp in made) for nd in steps)
+    assert Tree.from_json(tree.to_json()).nodes[1].logprob == steps[0].logprob  # saved with the trace
