@@ -11,10 +11,12 @@ training/selector.py on training-problem trees, never on benchmark problems):
     isint               the answer is a non-negative integer (word problems' answers mostly are)
     cov, covmean, full  how many of the problem's numbers the terminal's code uses: best, mean over
                         the group, and 1 when some terminal uses all of them
-    lpmax, lpmean       how sure the policy was of the terminals' steps: mean log-probability per
-                        generated token along each path (Node.logprob / Node.tokens), best and mean
-                        over the group; 0 for every group of a tree whose search did not record it
-                        (older trees), so they shift all answers alike and the rest decide
+    lpmax, lpmean       how sure the policy was of the terminals' steps: the mean log-probability per
+                        generated token along each path (Node.logprob / Node.tokens) in standard
+                        deviations from the tree's mean over its terminals (its spread within a tree is
+                        ~0.04 nats, so raw it would hardly move a fit), best and mean over the group;
+                        0 for every group of a tree whose search did not record it (older trees), so
+                        they shift all answers alike and the rest decide
 
 Pure Python (no numpy): the engine and the trace viewer import it.
 """
@@ -69,7 +71,10 @@ def answer_features(tree: "Tree") -> list[tuple[list["Node"], dict[str, float]]]
     asked = numbers_in(tree.problem)
     lps = {nd.id: path_logprob(tree, nd) for nd in ts}
     known = [x for x in lps.values() if x is not None]
-    floor = min(known, default=0.0)  # a terminal without one (mixed trees only) counts as the least sure
+    mu = sum(known) / len(known) if known else 0.0
+    sd = math.sqrt(sum((x - mu) ** 2 for x in known) / len(known)) if known else 0.0
+    lps = {k: None if x is None else (x - mu) / sd if sd > 0 else 0.0 for k, x in lps.items()}
+    floor = min((x for x in lps.values() if x is not None), default=0.0)  # unknown: the least sure
     out = []
     for g in group_by_answer(ts):
         lp = [floor if lps[nd.id] is None else lps[nd.id] for nd in g]

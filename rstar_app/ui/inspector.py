@@ -82,10 +82,10 @@ def inspect(tree: Tree | None, node_id: int | None, c_puct: float = 2.0) -> tupl
         f"### Node #{node.id} · {STATUS_WORDS.get(node.status, node.status)}"
         + (" · on the chosen path" if on_path else ""),
         "",
-        "| Q (mean value) | N (visits) | PPM score | UCT score | depth | kind | tokens |",
-        "|---|---|---|---|---|---|---|",
+        "| Q (mean value) | N (visits) | PPM score | UCT score | depth | kind | tokens | policy log-prob / token |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {_fmt(node.value) if node.n else '–'} | {node.n} | {_fmt(node.ppm)} | {uct_txt} | {node.depth} "
-        f"| {node.kind} | {node.tokens} |",
+        f"| {node.kind} | {node.tokens} | {_fmt(node.logprob / node.tokens if node.logprob is not None and node.tokens else None)} |",
     ]
     if node.status == TERMINAL:
         graded = {True: " (correct)", False: " (incorrect)"}.get(node.correct, "")

@@ -137,6 +137,9 @@ def test_inspector_shows_code_output_error_and_scores():
     assert "print(a + 3)" in program and out.strip() == "5" and "chosen path" in header
     assert "not in this tree" in inspector.inspect(tree, 999)[0]
     assert len(inspector.node_choices(tree)) == len(tree.nodes)
+    # how sure the policy was of the step, per token, where the search recorded it
+    last.logprob, last.tokens = -1.5, 10
+    assert "policy log-prob / token" in inspector.inspect(tree, last.id)[0] and "| -0.150 |" in inspector.inspect(tree, last.id)[0]
 
 
 def test_classroom_reveals_hint_before_code_and_finally_the_answer():

@@ -122,9 +122,13 @@ def test_logprob_features_best_and_mean_per_answer_and_the_least_sure_for_unknow
     t = _lp_tree([("7", [(-4.0, 10), (-1.0, 10)]), ("7", [(-1.0, 10), (-1.0, 10)]), ("9", [(-0.5, 10), (-0.5, 10)]),
                   ("11", [(-0.1, 10), (None, 10)])])
     f = {g[0].answer: feats for g, feats in answer_features(t)}
-    assert f["7"]["lpmax"] == pytest.approx(-0.1) and f["7"]["lpmean"] == pytest.approx((-0.25 - 0.1) / 2)
-    assert f["9"]["lpmax"] == f["9"]["lpmean"] == pytest.approx(-0.05)
-    assert f["11"]["lpmax"] == pytest.approx(-0.25)  # unknown: the tree's least sure path
+    known = [-0.25, -0.1, -0.05]  # per-token means of the three paths that have one
+    mu = sum(known) / 3
+    sd = math.sqrt(sum((x - mu) ** 2 for x in known) / 3)
+    z = {x: (x - mu) / sd for x in known}  # in standard deviations from the tree's mean
+    assert f["7"]["lpmax"] == pytest.approx(z[-0.1]) and f["7"]["lpmean"] == pytest.approx((z[-0.25] + z[-0.1]) / 2)
+    assert f["9"]["lpmax"] == f["9"]["lpmean"] == pytest.approx(z[-0.05])
+    assert f["11"]["lpmax"] == pytest.approx(z[-0.25])  # unknown: the tree's least sure path
     assert Selector({"lpmax": 1.0}).choose(t)[0].answer == "9"
 
 
