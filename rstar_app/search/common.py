@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from ..config import SearchConfig
 from ..grading import is_correct, same_answer
-from ..models.base import Executor, Policy, ValueModel
+from ..models.base import Candidate, Executor, Policy, ValueModel
 from ..selector import Selector
 from ..steps import STOP, Step, parse_step, render_step
 from ..tree import DEAD, ERROR, OK, TERMINAL, Cancelled, Event, Node, Tree
@@ -167,8 +167,8 @@ class Search:
     def _rendered(self, node: Node) -> str:
         return render_step(Step(node.kind, node.text, code=node.code), node.output)
 
-    def _add_child(self, parent: Node, step: Step, cand, tree: Tree) -> Node:
-        gen = {"tokens": cand.tokens, "logprob": getattr(cand, "logprob", None)}  # what generating it cost
+    def _add_child(self, parent: Node, step: Step, cand: Candidate, tree: Tree) -> Node:
+        gen = {"tokens": cand.tokens, "logprob": cand.logprob}  # what generating the step cost, how sure it was
         if step.kind == "invalid":
             return tree.add(parent, kind="invalid", text=step.text, status=DEAD, reason=step.reason, **gen)
         if step.kind == "answer":
