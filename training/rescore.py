@@ -20,7 +20,7 @@ terminals, not what a search with it would have found; the summary says which (`
 (`Node.logprob`, which searches record while sampling since the selector's lpmax / lpmean features
 came in): one teacher-forced pass of the weights' policy over the step's text. That is what the
 sampler would have recorded up to llama.cpp's rounding and the step's stop marker (checked in
-tests/integration/test_policy_logprob.py), so older trees can be read by a selector that uses it.
+tests/integration/test_llama_backend.py), so older trees can be read by a selector that uses it.
 --keep-ppm leaves the terminals' PPM scores as the search gave them.
 
 Writes a run in the source's layout: <out>/<run>-<tag>.trees/ (every tree, terminal PPM scores

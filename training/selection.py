@@ -7,7 +7,8 @@ A search can grow the right answer and still pick a wrong one. This prints, for 
 many problems it answers correctly on the same trees, next to "in tree" (any terminal right: the
 ceiling no rule can beat), so a selection miss (PPM / vote) can be told from a generation miss
 (policy); then the chance level (a random terminal) and how often the PPM ranks a right terminal
-above a wrong one of the same tree (and the policy's own log-probability, where the trees hold it). Gold answers are only read to grade, after the rule has chosen.
+above a wrong one of the same tree (and the policy's own log-probability, where the trees hold it).
+Gold answers are only read to grade, after the rule has chosen.
 `--budgets 8,16,32` adds the same rules on every tree cut back to its first 8, 16, 32 rollouts:
 the accuracy-by-search-budget curve from one long run.
 """
@@ -93,7 +94,7 @@ RULES: list[Callable[[Tree], str | None]] = [
 ]
 
 
-# rules that read only PPM scores and the tree's shape, never q / n: exact on Tree.prefix
+# rules that read only PPM scores, log-probabilities and the tree's shape, never q / n: exact on Tree.prefix
 PREFIX_RULES: list[Callable[[Tree], str | None]] = [
     weighted_vote(lambda nd: 1.0, "vote over all terminals (count only)"), ppm_weighted_vote, BEST_TERMINAL_PPM,
     best_mean_path_ppm, best_path_logprob,
