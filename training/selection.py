@@ -23,6 +23,7 @@ from typing import Callable
 
 from rstar_app.eval import gold_in_tree
 from rstar_app.grading import is_correct
+from rstar_app.jsonl import read_rows
 from rstar_app.search.sampling import ALL_TERMINALS
 from rstar_app.selector import Selector, path_logprob
 from rstar_app.tree import Node, Tree, group_by_answer
@@ -109,9 +110,18 @@ def _learned(selector: Selector) -> Callable[[Tree], str | None]:
 
 
 def load_trees(dirs: list[str]) -> list[Tree]:
+    """Trees of eval tree directories, or of training rollout files (`.jsonl`: their rows' traces,
+    graded by the row's gold answer)."""
     trees = []
     for d in dirs:
-        trees.extend(Tree.read(p) for p in sorted(Path(d).glob("*.json")))
+        if str(d).endswith(".jsonl"):
+            for r in read_rows(d, repair=False):  # a live run may be appending to it
+                if r.get("trace"):
+                    t = Tree.from_json(r["trace"])
+                    t.gold = str(r["gold"]) if r.get("gold") is not None else t.gold
+                    trees.append(t)
+        else:
+            trees.extend(Tree.read(p) for p in sorted(Path(d).glob("*.json")))
     return trees
 
 
@@ -197,7 +207,8 @@ def _budgets(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("dirs", nargs="+", help="tree directories written by `rstar-app eval --save-trees`")
+    p.add_argument("dirs", nargs="+", help="tree directories written by `rstar-app eval --save-trees`, "
+                                            "or training rollout files (.jsonl)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--selector", help="a selector file (weights/selector-r*.json) to add the learned rule")
     p.add_argument("--budgets", type=_budgets, metavar="R,R,...",

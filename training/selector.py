@@ -96,14 +96,18 @@ def cross_validate(rows: list[dict], *, folds: int, seed: int) -> dict[str, int]
 
 
 def rollout_trees(files: list[str]) -> list[tuple[str, Tree, str]]:
-    return [(str(r["id"]), Tree.from_json(r["trace"]), r["gold"]) for f in files for r in read_rows(f) if r.get("trace")]
+    return [(str(r["id"]), Tree.from_json(r["trace"]), r["gold"]) for f in files for r in read_rows(f, repair=False) if r.get("trace")]
 
 
 def dir_trees(d: str) -> list[tuple[str, Tree, str]]:
-    trees = [(f.stem, t, t.gold) for f in sorted(Path(d).glob("*.json")) for t in [Tree.read(f)] if t.gold is not None]
+    """An eval tree directory's graded trees, or a rollouts file's (`.jsonl`)."""
+    if d.endswith(".jsonl"):
+        trees = rollout_trees([d])
+    else:
+        trees = [(f.stem, t, t.gold) for f in sorted(Path(d).glob("*.json")) for t in [Tree.read(f)] if t.gold is not None]
     if not trees:
-        raise SystemExit(f"error: {d} holds no search tree with a gold answer "
-                         "(expected a directory written by `rstar-app eval --save-trees`)")
+        raise SystemExit(f"error: {d} holds no search tree with a gold answer (expected a directory written "
+                         "by `rstar-app eval --save-trees` or a training rollouts .jsonl)")
     return trees
 
 
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--transfer", default="",
-                    help="comma-separated tree directories (`rstar-app eval --save-trees`) to score, never fit on")
+                    help="comma-separated tree directories (`rstar-app eval --save-trees`) or rollout files "
+                         "to score, never fit on")
     ap.add_argument("--baseline", metavar="SELECTOR_JSON", default=None,
                     help="a selector file (e.g. weights/selector-r3.json) to score next to the new fit, on the "
                          "training trees (it was not fit on them) and the transfer trees")

@@ -84,3 +84,20 @@ def test_cli_reads_saved_trees_and_skips_ungraded(tmp_path, capsys):
     assert main([str(tmp_path / "missing")]) == 1
     (d / "c.json").write_text("{not json")
     assert main([str(d)]) == 2 and "c.json" in capsys.readouterr().err
+
+
+def test_cli_reads_a_training_rollouts_file_graded_by_each_rows_gold_and_leaves_a_torn_line(tmp_path, capsys):
+    # rollout rows: the trace's own gold is not trusted, the row's is; rows without a trace are skipped;
+    # a live run's half-written last line is neither read nor cut off
+    right, wrong = _tree(None, [("5", 0.5, 0.5), ("6", 0.4, 0.1)]), _tree("9", [("7", 0.5, 0.5)])
+    rows = [{"id": "a", "gold": "5", "trace": right.to_json()}, {"id": "b", "gold": "7", "trace": wrong.to_json()},
+            {"id": "c", "gold": "1", "error": "boom"}]
+    f = tmp_path / "rollouts.jsonl"
+    torn = '{"id": "d", "gold": "2", "tra'
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows) + torn)
+    trees = load_trees([str(f)])
+    assert [t.gold for t in trees] == ["5", "7"]
+    assert main([str(f), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["problems"] == 2 and out["rules"]["in tree (ceiling)"] == 2 and out["ppm_ranking"] == 1.0
+    assert f.read_text().endswith(torn)

@@ -101,6 +101,18 @@ def test_cli_scores_a_baseline_selector_on_training_and_transfer_trees(tmp_path,
     assert report["transfer"][str(trees)]["baseline"] == 0 and report["transfer"][str(trees)]["learned"] == 6
 
 
+def test_cli_scores_transfer_rollout_files_like_tree_dirs(tmp_path, capsys):
+    # held-out training problems come as rollout files; the same trees as a directory score the same
+    _rollouts(tmp_path / "r.jsonl", 20, seed=3)
+    _rollouts(tmp_path / "unseen.jsonl", 6, seed=4)
+    trees = _tree_dir(tmp_path / "eval.trees", 6, seed=4)
+    assert main(["--rollouts", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "out"),
+                 "--transfer", f"{tmp_path / 'unseen.jsonl'},{trees}"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())["transfer"]
+    assert report[str(tmp_path / "unseen.jsonl")] == report[str(trees)]
+    assert report[str(trees)]["trees"] == 6 and report[str(trees)]["learned"] == 6
+
+
 def test_cli_rejects_a_baseline_that_is_not_a_selector_file(tmp_path, capsys):
     _rollouts(tmp_path / "r.jsonl", 5, seed=5)
     (tmp_path / "bad.json").write_text("{}")
