@@ -4,21 +4,23 @@ Every GSM8K-train problem whose calculator marks could be turned into a code tra
 `training/data/bootstrap_gsm8k.jsonl` (7,128 of 7,473), and round 1's SFT trained on all of them but
 128 held out (`training.sft.select`, seed 0; `training/gpu_sft.sh --eval-size 128`) for two epochs;
 rounds 2 and 3 replayed a seeded sample of 600 and their own extracted trajectories. A search tree
-of a problem the policy learned the gold solution of is partly recall: the policy is surer of the
+of a problem the policy learned the gold solution of is partly recall: the policy may be surer of the
 right answer there than it can be on an unseen problem, and a selector or PPM fit on such trees
-learns that (RESULTS.md, "Unseen training problems"). The problems left are the held-out ones never
-replayed and the ones the bootstrap could not convert; the ones in the shipped rounds' rollout files
-(their trees made the PPMs' pairs) are dropped too.
+would learn that (RESULTS.md, "Training problems the policy never saw"). The problems left are the held-out ones never
+replayed and the ones the bootstrap could not convert; the ones in the shipped rounds' rollout and PPM
+pair files are dropped too (their trees, or a synthetic pair built on the gold solution, trained a PPM).
 
     python -m training.unseen --out training/data/gsm8k_train_unseen.jsonl
 
-The output is shuffled with a fixed seed, so the first N rows of a partial run are a random sample.
+The output is in a seeded random order (by a hash of each id, so excluding one more problem moves no
+other): the first N rows, and so a run stopped after N problems, are a random sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -26,7 +28,9 @@ from typing import Iterable, Sequence
 
 from training.common import REPO, read_jsonl, write_jsonl
 
-DEFAULT_EXCLUDE = "training/runs/cpu-small/round-[123]/rollouts*.jsonl"
+# the shipped rounds' rollout trees (their pairs trained the PPMs) and PPM pair files (the synthetic
+# pairs put bootstrap solutions of problems the policy never trained on in front of the PPM)
+DEFAULT_EXCLUDE = "training/runs/cpu-small/round-[123]/rollouts*.jsonl,training/runs/cpu-small/round-[123]/pairs*.jsonl"
 
 
 def heldout_ids(bootstrap: Sequence[dict], *, eval_size: int, seed: int) -> set[str]:
@@ -58,8 +62,8 @@ def unseen_problems(problems: Iterable[dict], bootstrap: Sequence[dict], *, eval
     held = heldout_ids(bootstrap, eval_size=eval_size, seed=sft_seed) if eval_size else set()
     trained = (boot_ids - held) | replayed_ids(bootstrap, replay or {}) | {str(i) for i in seen}
     out = [p for p in problems if str(p["id"]) not in trained]
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(out)
+    if shuffle_seed is not None:  # by a seeded hash of the id: dropping a problem moves no other one
+        out.sort(key=lambda p: hashlib.sha256(f"{shuffle_seed}:{p['id']}".encode()).hexdigest())
     return out
 
 
@@ -84,9 +88,10 @@ def recall_gap(policy, trained: Sequence[dict], heldout: Sequence[dict]) -> dict
 
 
 def _ids(paths: Iterable[str]) -> set[str]:
+    """Problem ids in JSONL files: rows' `id` (rollouts, SFT data) or `problem_id` (PPM pairs)."""
     out: set[str] = set()
     for p in paths:
-        out |= {str(r["id"]) for r in read_jsonl(p) if "id" in r}
+        out |= {str(r.get("id", r.get("problem_id"))) for r in read_jsonl(p) if "id" in r or "problem_id" in r}
     return out
 
 
@@ -110,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "training/runs/cpu-small/round-3/sft_extracted.jsonl",
                     help="comma-separated SFT files of later rounds (their ids are dropped)")
     ap.add_argument("--exclude", default=DEFAULT_EXCLUDE,
-                    help="glob of rollout files whose problems are dropped (the shipped rounds' trees)")
+                    help="comma-separated globs of rollout / pair files whose problems are dropped")
     ap.add_argument("--shuffle-seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--recall-check", type=int, default=0, metavar="N",
@@ -123,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = load_problems(a.problems)
     bootstrap = read_jsonl(a.bootstrap)
     extracted = [p for p in a.extracted.split(",") if p]
-    rolled = sorted({str(Path(p).resolve()) for p in glob.glob(str(REPO / a.exclude)) + glob.glob(a.exclude)})
+    rolled = sorted({str(Path(p).resolve()) for g in a.exclude.split(",") if g
+                     for p in glob.glob(str(REPO / g)) + glob.glob(g)})
     seen = _ids(extracted) | _ids(rolled)
     out = unseen_problems(problems, bootstrap, eval_size=a.eval_size, sft_seed=a.sft_seed,
                           replay=_replay_arg(a.replay), seen=seen, shuffle_seed=a.shuffle_seed)
@@ -132,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps({"problems": len(problems), "unseen": len(out),
                       "held_out": sum(p["id"] in boot_ids for p in out),
                       "not_converted": sum(p["id"] not in boot_ids for p in out),
-                      "rollout_files": rolled, "out": a.out}))
+                      "excluded_files": rolled, "out": a.out}))
     if a.recall_check:
         from rstar_app.models.llama_cpp import LlamaPolicy
         from rstar_app.weights import load_weights

@@ -49,6 +49,8 @@ def test_unseen_order_is_a_fixed_shuffle():
     b = unseen_problems(problems, boot, eval_size=10, shuffle_seed=0)
     plain = unseen_problems(problems, boot, eval_size=10, shuffle_seed=None)
     assert a == b and sorted(a, key=lambda p: p["id"]) == plain and a != plain
+    fewer = unseen_problems(problems, boot, eval_size=10, seen=[a[3]["id"]], shuffle_seed=0)
+    assert fewer == a[:3] + a[4:]  # dropping one problem moves no other: a stopped run stays a prefix
 
 
 class RecitingPolicy:
@@ -84,11 +86,13 @@ def test_cli_writes_the_unseen_problems(tmp_path, capsys):
                            for p in problems))
     write_jsonl(tmp_path / "boot.jsonl", boot)
     write_jsonl(tmp_path / "rolled.jsonl", [{"id": "p35"}])
+    write_jsonl(tmp_path / "pairs.jsonl", [{"problem_id": "p36", "pos": "a", "neg": "b"}])
     out = tmp_path / "unseen.jsonl"
     assert main(["--problems", str(src), "--bootstrap", str(tmp_path / "boot.jsonl"), "--eval-size", "10",
-                 "--replay", "", "--extracted", "", "--exclude", str(tmp_path / "rolled*.jsonl"),
+                 "--replay", "", "--extracted", "",
+                 "--exclude", f"{tmp_path / 'rolled*.jsonl'},{tmp_path / 'pairs.jsonl'}",
                  "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert report["unseen"] == len(rows) == 10 + 9 and report["not_converted"] == 9 and report["held_out"] == 10
-    assert "p35" not in {r["id"] for r in rows}
+    assert report["unseen"] == len(rows) == 10 + 8 and report["not_converted"] == 8 and report["held_out"] == 10
+    assert not {"p35", "p36"} & {r["id"] for r in rows}
