@@ -111,7 +111,7 @@ def _learned(selector: Selector) -> Callable[[Tree], str | None]:
 
 def load_trees(dirs: list[str]) -> list[Tree]:
     """Trees of eval tree directories, or of training rollout files (`.jsonl`: their rows' traces,
-    graded by the row's gold answer)."""
+    graded by the row's gold answer); each tree's problem id (file stem, row id) in meta["id"]."""
     trees = []
     for d in dirs:
         if str(d).endswith(".jsonl"):
@@ -119,10 +119,22 @@ def load_trees(dirs: list[str]) -> list[Tree]:
                 if r.get("trace"):
                     t = Tree.from_json(r["trace"])
                     t.gold = str(r["gold"]) if r.get("gold") is not None else t.gold
+                    t.meta["id"] = str(r["id"])
                     trees.append(t)
         else:
-            trees.extend(Tree.read(p) for p in sorted(Path(d).glob("*.json")))
+            for p in sorted(Path(d).glob("*.json")):
+                t = Tree.read(p)
+                t.meta["id"] = p.stem
+                trees.append(t)
     return trees
+
+
+def filter_ids(trees: list[Tree], *, only: str | None = None, drop: str | None = None) -> list[Tree]:
+    """Trees whose problem id is (only) / is not (drop) among the ids of a JSONL file's rows (e.g.
+    `training.unseen`'s problem list, or another run's rollouts)."""
+    ids = lambda path: {str(r["id"]) for r in read_rows(path, repair=False) if "id" in r}  # noqa: E731
+    keep, gone = (ids(only) if only else None), (ids(drop) if drop else set())
+    return [t for t in trees if (keep is None or t.meta.get("id") in keep) and t.meta.get("id") not in gone]
 
 
 def compare(trees: list[Tree], selector: Selector | None = None, *,
@@ -214,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", type=_budgets, metavar="R,R,...",
                    help="also score the trees cut back to their first R rollouts, for each R (trees saved "
                         "with their rollout boundaries; only rules that ignore q / n)")
+    p.add_argument("--ids", metavar="JSONL", help="only the trees of problems whose id is in this file's rows")
+    p.add_argument("--not-ids", metavar="JSONL", help="leave out the trees of problems whose id is in this file")
     a = p.parse_args(argv)
     try:
-        trees = [t for t in load_trees(a.dirs) if t.gold is not None]
+        trees = filter_ids([t for t in load_trees(a.dirs) if t.gold is not None], only=a.ids, drop=a.not_ids)
     except ValueError as e:  # Tree.read's message names the file and what is wrong with it
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 import json
 
 from rstar_app.tree import Tree
-from training.selection import budget_curve, compare, load_trees, main, ppm_ranking, random_terminal
+from training.selection import budget_curve, compare, filter_ids, load_trees, main, ppm_ranking, random_terminal
 
 
 def _tree(gold: str, terminals: list[tuple[str, float, float]]) -> Tree:
@@ -101,3 +101,9 @@ def test_cli_reads_a_training_rollouts_file_graded_by_each_rows_gold_and_leaves_
     out = json.loads(capsys.readouterr().out)
     assert out["problems"] == 2 and out["rules"]["in tree (ceiling)"] == 2 and out["ppm_ranking"] == 1.0
     assert f.read_text().endswith(torn)
+    ids = tmp_path / "unseen.jsonl"
+    ids.write_text(json.dumps({"id": "b", "question": "q", "gold": "7"}) + "\n")
+    assert [t.meta["id"] for t in filter_ids(trees, only=str(ids))] == ["b"]
+    assert [t.meta["id"] for t in filter_ids(trees, drop=str(ids))] == ["a"]
+    assert main([str(f), "--json", "--not-ids", str(ids)]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == 1
