@@ -118,6 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="comma-separated globs of rollout / pair files whose problems are dropped")
     ap.add_argument("--shuffle-seed", type=int, default=0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--held-out-out", metavar="PATH",
+                    help="also write the held-out part alone (unseen problems the bootstrap did convert: a "
+                         "random sample of the problems round 1 trained on, less the training)")
+    ap.add_argument("--trained-out", metavar="PATH",
+                    help="also write a seeded random sample of --trained-n problems round 1 trained on (the control)")
+    ap.add_argument("--trained-n", type=int, default=100)
     ap.add_argument("--recall-check", type=int, default=0, metavar="N",
                     help="also score N held-out and N trained bootstrap solutions with the policy (recall_gap)")
     ap.add_argument("--weights", default=str(REPO / "weights"), help="with --recall-check: whose policy")
@@ -139,6 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "held_out": sum(p["id"] in boot_ids for p in out),
                       "not_converted": sum(p["id"] not in boot_ids for p in out),
                       "excluded_files": rolled, "out": a.out}))
+    trained_ids = boot_ids - heldout_ids(bootstrap, eval_size=a.eval_size, seed=a.sft_seed)
+    if a.held_out_out:
+        write_jsonl(a.held_out_out, [p for p in out if p["id"] in boot_ids])
+    if a.trained_out:
+        pool = sorted((p for p in problems if p["id"] in trained_ids), key=lambda p: p["id"])
+        write_jsonl(a.trained_out, random.Random(a.shuffle_seed).sample(pool, min(a.trained_n, len(pool))))
     if a.recall_check:
         from rstar_app.models.llama_cpp import LlamaPolicy
         from rstar_app.weights import load_weights
@@ -147,7 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                              max_candidates=1, n_ctx=2048, n_threads=a.threads)
         unseen_ids = {p["id"] for p in out}
         held = [r for r in bootstrap if r["id"] in unseen_ids]
-        trained_ids = {str(r["id"]) for r in bootstrap} - heldout_ids(bootstrap, eval_size=a.eval_size, seed=a.sft_seed)
         trained = [r for r in bootstrap if r["id"] in trained_ids]
         rng = random.Random(a.shuffle_seed)
         n = a.recall_check

@@ -91,8 +91,14 @@ def test_cli_writes_the_unseen_problems(tmp_path, capsys):
     assert main(["--problems", str(src), "--bootstrap", str(tmp_path / "boot.jsonl"), "--eval-size", "10",
                  "--replay", "", "--extracted", "",
                  "--exclude", f"{tmp_path / 'rolled*.jsonl'},{tmp_path / 'pairs.jsonl'}",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--held-out-out", str(tmp_path / "held.jsonl"),
+                 "--trained-out", str(tmp_path / "trained.jsonl"), "--trained-n", "5"]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert report["unseen"] == len(rows) == 10 + 8 and report["not_converted"] == 8 and report["held_out"] == 10
     assert not {"p35", "p36"} & {r["id"] for r in rows}
+    held = [json.loads(x) for x in (tmp_path / "held.jsonl").read_text().splitlines()]
+    assert held == [r for r in rows if int(r["id"][1:]) < 30]  # converted, held out: same order
+    trained = [json.loads(x) for x in (tmp_path / "trained.jsonl").read_text().splitlines()]
+    assert len(trained) == 5 and not {r["id"] for r in trained} & {r["id"] for r in rows}
+    assert all(int(r["id"][1:]) < 30 and set(r) == {"id", "question", "gold"} for r in trained)
