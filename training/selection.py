@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 from typing import Callable
@@ -176,15 +177,49 @@ def logprob_ranking(trees: list[Tree]) -> tuple[float | None, int]:
 
 def ranking(trees: list[Tree], score: Callable[[Tree, Node], float | None]) -> tuple[float | None, int]:
     """(share of right-over-wrong terminal pairs by `score`, ties half; pairs); unscored terminals skipped."""
-    wins, pairs = 0.0, 0
-    for t in trees:
-        scored = [(score(t, nd), ok) for nd, ok in _graded_terminals(t)]
-        scored = [(x, ok) for x, ok in scored if x is not None]
-        for right in (p for p, ok in scored if ok):
-            for wrong in (p for p, ok in scored if not ok):
-                wins += 1.0 if right > wrong else 0.5 if right == wrong else 0.0
-                pairs += 1
+    per = [_tree_wins(t, score) for t in trees]
+    wins, pairs = sum(w for w, _ in per), sum(n for _, n in per)
     return (wins / pairs if pairs else None), pairs
+
+
+def _tree_wins(t: Tree, score: Callable[[Tree, Node], float | None]) -> tuple[float, int]:
+    scored = [(score(t, nd), ok) for nd, ok in _graded_terminals(t)]
+    scored = [(x, ok) for x, ok in scored if x is not None]
+    wins, pairs = 0.0, 0
+    for right in (p for p, ok in scored if ok):
+        for wrong in (p for p, ok in scored if not ok):
+            wins += 1.0 if right > wrong else 0.5 if right == wrong else 0.0
+            pairs += 1
+    return wins, pairs
+
+
+def ranking_intervals(trees: list[Tree], scores: dict[str, Callable[[Tree, Node], float | None]], *,
+                      n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of `ranking` for each score, resampling whole trees: the pairs
+    of one tree share its problem and its samples, so counting pairs as independent (a binomial
+    interval over 1,000 pairs) would claim far more certainty than ~50 mixed trees hold. With two
+    scores also "<second> - <first>": the interval of their difference, on the same resamples."""
+    names = list(scores)
+    per = [[_tree_wins(t, scores[k]) for k in names] for t in trees]
+    per = [p for p in per if any(n for _, n in p)]
+    if not per:
+        return {}
+    rng = random.Random(seed)
+    draws: list[list[float | None]] = []
+    for _ in range(n_boot):
+        pick = [per[rng.randrange(len(per))] for _ in per]
+        draws.append([(sum(p[i][0] for p in pick) / n) if (n := sum(p[i][1] for p in pick)) else None
+                      for i in range(len(names))])
+    cols = {k: [d[i] for d in draws] for i, k in enumerate(names)}
+    if len(names) == 2:
+        cols[f"{names[1]} - {names[0]}"] = [None if a is None or b is None else b - a for a, b in draws]
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    out = {}
+    for k, v in cols.items():
+        v = sorted(x for x in v if x is not None)
+        if v:
+            out[k] = (v[int(lo_q * (len(v) - 1))], v[int(round(hi_q * (len(v) - 1)))])
+    return out
 
 
 def budget_curve(trees: list[Tree], budgets: list[int], selector: Selector | None = None) -> dict:
@@ -246,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     chance = random_terminal(trees)
     ranking, pairs = ppm_ranking(trees)
     lp_ranking, lp_pairs = logprob_ranking(trees)
+    ci = ranking_intervals(trees, {"ppm": lambda t, nd: nd.ppm, "logprob": path_logprob})
+    iv = lambda k: f" [{ci[k][0]:.1%}, {ci[k][1]:.1%}]" if k in ci else ""  # noqa: E731
     try:
         curve = budget_curve(trees, a.budgets, selector) if a.budgets else None
     except ValueError as e:  # a tree without rollout boundaries
@@ -254,18 +291,21 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps({"problems": len(trees), "rules": dict(rows), "random_terminal": round(chance, 2),
                           "ppm_ranking": ranking, "ppm_ranking_pairs": pairs, "logprob_ranking": lp_ranking,
-                          "logprob_ranking_pairs": lp_pairs, "budget_curve": curve}, indent=1))
+                          "logprob_ranking_pairs": lp_pairs, "ranking_intervals_95": ci,
+                          "budget_curve": curve}, indent=1))
         return 0
     print(f"{len(trees)} trees from {', '.join(a.dirs)}\n\n| rule | correct | accuracy |\n|---|---|---|")
     for name, k in rows:
         print(f"| {name} | {k} / {len(trees)} | {k / len(trees):.3f} |")
     print(f"| a random terminal (expected) | {chance:.1f} / {len(trees)} | {chance / len(trees):.3f} |")
     if ranking is not None:
-        print(f"\nterminal PPM: a right terminal outscores a wrong one of the same tree in {ranking:.1%} of "
-              f"{pairs} pairs (chance 50%)")
+        print(f"\nterminal PPM: a right terminal outscores a wrong one of the same tree in {ranking:.1%}{iv('ppm')} "
+              f"of {pairs} pairs (chance 50%; [95% interval, whole trees resampled])")
     if lp_ranking is not None:
-        print(f"policy log-probability (mean per token of the path): right over wrong in {lp_ranking:.1%} of "
-              f"{lp_pairs} pairs")
+        print(f"policy log-probability (mean per token of the path): right over wrong in {lp_ranking:.1%}"
+              f"{iv('logprob')} of {lp_pairs} pairs; its lead over the PPM:"
+              + (f" [{100 * ci['logprob - ppm'][0]:+.1f}, {100 * ci['logprob - ppm'][1]:+.1f}] points"
+                 if "logprob - ppm" in ci else " -"))
     if curve:
         print(f"\nby rollout budget (each tree cut back to its first R rollouts):\n\n| rule | "
               + " | ".join(f"R = {r}" for r in curve["budgets"]) + " |\n|---|" + "---|" * len(curve["budgets"]))

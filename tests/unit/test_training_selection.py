@@ -3,7 +3,8 @@
 import json
 
 from rstar_app.tree import Tree
-from training.selection import budget_curve, compare, filter_ids, load_trees, main, ppm_ranking, random_terminal
+from training.selection import (budget_curve, compare, filter_ids, load_trees, main, ppm_ranking, random_terminal,
+                                ranking_intervals)
 
 
 def _tree(gold: str, terminals: list[tuple[str, float, float]]) -> Tree:
@@ -107,3 +108,17 @@ def test_cli_reads_a_training_rollouts_file_graded_by_each_rows_gold_and_leaves_
     assert [t.meta["id"] for t in filter_ids(trees, drop=str(ids))] == ["a"]
     assert main([str(f), "--json", "--not-ids", str(ids)]) == 0
     assert json.loads(capsys.readouterr().out)["problems"] == 1
+
+
+def test_ranking_intervals_resample_whole_trees_and_pair_the_difference():
+    # one tree where the PPM is always right (3 pairs), one where it is always wrong (1 pair)
+    good = _tree("5", [("5", 0.0, 0.9), ("5", 0.0, 0.8), ("5", 0.0, 0.7), ("6", 0.0, 0.1)])
+    bad = _tree("5", [("5", 0.0, 0.1), ("6", 0.0, 0.9)])
+    ppm = lambda t, nd: nd.ppm  # noqa: E731
+    same = lambda t, nd: nd.ppm * 2  # noqa: E731 (the same order: the difference is exactly 0)
+    ci = ranking_intervals([good, bad, _tree("1", [("2", 0.0, 0.0)])], {"ppm": ppm, "twice": same}, n_boot=500)
+    lo, hi = ci["ppm"]
+    assert lo == 0.0 and hi == 1.0  # a resample can hold only the bad tree, or only the good one
+    assert ci["twice - ppm"] == (0.0, 0.0)
+    assert ranking_intervals([good] * 5, {"ppm": ppm}) == {"ppm": (1.0, 1.0)}
+    assert ranking_intervals([_tree("1", [("2", 0.0, 0.0)])], {"ppm": ppm}) == {}  # no pair anywhere
