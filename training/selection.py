@@ -110,18 +110,28 @@ def _learned(selector: Selector) -> Callable[[Tree], str | None]:
     return rule
 
 
+def rollout_trees(files: list[str]) -> list[tuple[str, Tree, str | None]]:
+    """(problem id, tree, gold answer) of every row of training rollout files that holds a trace; the
+    gold is the row's (else the trace's own). Read without cutting a torn last line: a live run may
+    be appending to the file."""
+    out = []
+    for f in files:
+        for r in read_rows(f, repair=False):
+            if r.get("trace"):
+                t = Tree.from_json(r["trace"])
+                out.append((str(r["id"]), t, str(r["gold"]) if r.get("gold") is not None else t.gold))
+    return out
+
+
 def load_trees(dirs: list[str]) -> list[Tree]:
     """Trees of eval tree directories, or of training rollout files (`.jsonl`: their rows' traces,
     graded by the row's gold answer); each tree's problem id (file stem, row id) in meta["id"]."""
     trees = []
     for d in dirs:
         if str(d).endswith(".jsonl"):
-            for r in read_rows(d, repair=False):  # a live run may be appending to it
-                if r.get("trace"):
-                    t = Tree.from_json(r["trace"])
-                    t.gold = str(r["gold"]) if r.get("gold") is not None else t.gold
-                    t.meta["id"] = str(r["id"])
-                    trees.append(t)
+            for rid, t, gold in rollout_trees([d]):
+                t.gold, t.meta["id"] = gold, rid
+                trees.append(t)
         else:
             for p in sorted(Path(d).glob("*.json")):
                 t = Tree.read(p)

@@ -32,10 +32,10 @@ if __package__ in (None, ""):
 
 from rstar_app.eval import gold_in_tree  # noqa: E402
 from rstar_app.grading import is_correct  # noqa: E402
-from rstar_app.jsonl import read_rows  # noqa: E402
 from rstar_app.selector import FEATURES, Selector, answer_features  # noqa: E402
 from rstar_app.tree import Tree  # noqa: E402
 from training.head import fold_of  # noqa: E402
+from training.selection import rollout_trees  # noqa: E402
 
 LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0)
 
@@ -93,10 +93,6 @@ def cross_validate(rows: list[dict], *, folds: int, seed: int) -> dict[str, int]
             right += picks_right([r for r, f in zip(rows, fold) if f == k], w)
         out[f"lambda={lam:g}"] = right
     return out
-
-
-def rollout_trees(files: list[str]) -> list[tuple[str, Tree, str]]:
-    return [(str(r["id"]), Tree.from_json(r["trace"]), r["gold"]) for f in files for r in read_rows(f, repair=False) if r.get("trace")]
 
 
 def dir_trees(d: str) -> list[tuple[str, Tree, str]]:
