@@ -75,7 +75,10 @@ def run_name(a, rule: str | None = None) -> str:
     rule = rule or getattr(a, "vote", "top-k")
     greedy = "-g" if getattr(a, "greedy_first", False) else ""
     vote = "" if a.strategy == "greedy" else _vote_suffix(rule, k)  # one trajectory: no rule can differ
-    return f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}{vote}{greedy}-s{a.seed}-ss{a.sample_seed}"
+    t = getattr(a, "temperature", SearchConfig.temperature)  # the default keeps older run names
+    temp = "" if a.strategy == "greedy" or t == SearchConfig.temperature else f"-t{t:g}"
+    return (f"{a.bench}-{tag}-{a.strategy}-r{a.rollouts}-k{a.candidates}{vote}{greedy}{temp}"
+            f"-s{a.seed}-ss{a.sample_seed}")
 
 
 def _vote_suffix(rule: str, k: int) -> str:
@@ -252,7 +255,9 @@ def run_summary(a, config, name: str, rule: str, models: str, search: dict, rows
     `complete` is false while a run (killed, or still going) has fewer rows than its --limit asks."""
     return {"run": name, "bench": a.bench, "strategy": search["strategy"], "rollouts": search["rollouts"],
             "limit": a.limit, "candidates": search["candidates"], "vote": rule,
-            "top_k_vote": config.top_k_vote, "greedy_first": search["greedy_first"], "models": models,
+            "top_k_vote": config.top_k_vote, "greedy_first": search["greedy_first"],
+            **({"temperature": search["temperature"]} if search.get("temperature") is not None else {}),
+            "models": models,
             **({"models_sha256": search["models_sha256"]} if search.get("models_sha256") else {}),
             **summarize(rows), "complete": len(rows) >= n_items}
 
@@ -289,7 +294,8 @@ def main(a) -> int:
         # the search is the source's: its settings, not this command line's, describe the rows
         name = revote_name(source.get("run", src.stem), rule, config.top_k_vote)
         models = source["models"] + (f", answers by {selector.name}" if rule == "learned" else "")
-        search = {k: source.get(k) for k in ("strategy", "rollouts", "candidates", "greedy_first", "models_sha256")}
+        search = {k: source.get(k) for k in ("strategy", "rollouts", "candidates", "greedy_first", "temperature",
+                                             "models_sha256")}
         print(f"{name}: {len(items)} problems, answers re-voted from {src}")
         try:
             rows = revote(items, config, src, out / f"{name}.jsonl", selector)
@@ -298,7 +304,8 @@ def main(a) -> int:
             return 2
     else:
         search = {"strategy": a.strategy, "rollouts": a.rollouts, "candidates": a.candidates,
-                  "greedy_first": config.greedy_first}
+                  "greedy_first": config.greedy_first,
+                  "temperature": None if a.strategy == "greedy" else config.temperature}
         engine = engine_from_args(a, max_candidates=config.candidates)
         rule = engine.vote_rule(config)
         name, models = run_name(a, rule), engine.description

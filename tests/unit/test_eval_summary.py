@@ -202,3 +202,16 @@ def test_a_killed_runs_summary_says_it_is_partial():
     s = run_summary(a, SearchConfig(), "run", "top-k", "m", search, [row], 3)
     assert s["complete"] is False and s["problems"] == 1 and s["models_sha256"] == "ab"
     assert run_summary(a, SearchConfig(), "run", "top-k", "m", search, [row] * 3, 3)["complete"] is True
+
+
+def test_run_name_carries_a_non_default_temperature_and_keeps_older_names():
+    from types import SimpleNamespace
+    from rstar_app.eval import run_name
+    a = SimpleNamespace(tag="r3-ppm", top_k_vote=4, vote="learned", greedy_first=False, bench="dev",
+                        strategy="best_of_n", rollouts=16, candidates=4, seed=0, sample_seed=7,
+                        temperature=0.7, policy=None)
+    assert run_name(a, "learned") == "dev-r3-ppm-best_of_n-r16-k4-vsel-s0-ss7"  # the default: as before
+    a.temperature = 0.4
+    assert run_name(a, "learned") == "dev-r3-ppm-best_of_n-r16-k4-vsel-t0.4-s0-ss7"
+    a.strategy = "greedy"  # greedy decoding ignores the temperature: no suffix
+    assert run_name(a) == "dev-r3-ppm-greedy-r16-k4-s0-ss7"
