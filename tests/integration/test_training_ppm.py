@@ -83,7 +83,7 @@ def test_llama_ppm_scores_match_torch(tmp_path):
     with torch.no_grad():
         for n, p in pol.named_parameters():
             if "lora_B" in n:
-                p.normal_(0, 0.04)
+                p.normal_(0, 0.15)
     pol.save_pretrained(str(tmp_path / "policy"))
     del pol, model
     cfg = ppm.PPMConfig(policy_adapter=str(tmp_path / "policy"), lora_r=8, lora_alpha=16, top_layers=6, device="cpu")
@@ -91,7 +91,7 @@ def test_llama_ppm_scores_match_torch(tmp_path):
     with torch.no_grad():
         for n, p in vm.lm.named_parameters():
             if "lora_B" in n:
-                p.normal_(0, 0.04)
+                p.normal_(0, 0.15)
         vm.head.weight.normal_(0, 0.05)
         vm.head.bias.fill_(0.1)
     vm.lm.save_pretrained(str(tmp_path / "ppm_adapter"))
@@ -111,8 +111,16 @@ def test_llama_ppm_scores_match_torch(tmp_path):
             want.append(float(vm.scores(ids, torch.ones_like(ids))[0]))
     llm = LlamaPPM(base_gguf_path(), tmp_path / "head.npz", adapter=str(tmp_path / "ppm.gguf"), n_ctx=1024)
     got = llm.score(prefix, steps)
-    # llama.cpp's hidden state is within ~1e-4 cosine of torch's (Q8 activations on a Q4_1 base)
-    assert np.allclose(got, want, atol=0.06), (got, want)
+    # llama.cpp's last hidden state is ~1e-3 cosine from torch's (Q8 activations on a Q4_1 base, and
+    # batched siblings): scores a few hundredths apart (0.02 on average here; training/RESULTS.md
+    # measures 0.09 for the shipped PPM)
+    assert np.allclose(got, want, atol=0.1), (got, want)
+    # the adapters must matter: without them llama.cpp lands 0.09 from torch here. (With the LoRA B
+    # drawn at std 0.04 the adapters moved the scores less than llama.cpp's own noise, so the
+    # score check alone could not have caught a lost adapter.)
+    bare = LlamaPPM(base_gguf_path(), tmp_path / "head.npz", n_ctx=1024).score(prefix, steps)
+    gap = lambda xs: float(np.mean(np.abs(np.array(xs) - np.array(want))))  # noqa: E731
+    assert gap(got) < gap(bare) / 2, (got, bare, want)
     for i in range(3):
         for j in range(3):
             if want[i] - want[j] > 0.1:  # clearly separated pairs keep their order
