@@ -35,7 +35,7 @@ from rstar_app.grading import is_correct  # noqa: E402
 from rstar_app.selector import FEATURES, Selector, answer_features  # noqa: E402
 from rstar_app.tree import Tree  # noqa: E402
 from training.head import fold_of  # noqa: E402
-from training.selection import rollout_trees  # noqa: E402
+from training.selection import load_trees, rollout_trees  # noqa: E402
 
 LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0)
 
@@ -96,11 +96,8 @@ def cross_validate(rows: list[dict], *, folds: int, seed: int) -> dict[str, int]
 
 
 def dir_trees(d: str) -> list[tuple[str, Tree, str]]:
-    """An eval tree directory's graded trees, or a rollouts file's (`.jsonl`)."""
-    if d.endswith(".jsonl"):
-        trees = rollout_trees([d])
-    else:
-        trees = [(f.stem, t, t.gold) for f in sorted(Path(d).glob("*.json")) for t in [Tree.read(f)] if t.gold is not None]
+    """An eval tree directory's graded trees, or a rollouts file's (`.jsonl`; every row has a gold)."""
+    trees = [(t.meta["id"], t, t.gold) for t in load_trees([d]) if t.gold is not None]
     if not trees:
         raise SystemExit(f"error: {d} holds no search tree with a gold answer (expected a directory written "
                          "by `rstar-app eval --save-trees` or a training rollouts .jsonl)")
