@@ -125,21 +125,30 @@ class Round:
 
     # -- inputs from the previous round --
     def prev_models(self) -> dict:
-        """Policy (and PPM) of round k-1: its round dir, else what the weights manifest names."""
+        """Policy (and PPM) of round k-1: its round dir, else what the weights manifest names. Round
+        k-1's PPM only if it passed the publish gate (ppm_held_out_ok); otherwise, or when round k-1
+        trained none, the manifest's, if it is round k-1's publication (which kept an older PPM)."""
         out: dict = {}
         if (self.prev / "policy.gguf").exists():
             out["policy"] = self.prev / "policy.gguf"
-        if (self.prev / "ppm" / "ppm.gguf").exists() and (self.prev / "ppm" / "value_head.npz").exists():
-            out["ppm_adapter"] = self.prev / "ppm" / "ppm.gguf"
-            out["ppm_head"] = self.prev / "ppm" / "value_head.npz"
-        if "policy" not in out:
-            m = self.manifest()
-            if m.get("round") == self.k - 1 and m.get("policy"):
+        ppm_dir = self.prev / "ppm"
+        if (ppm_dir / "ppm.gguf").exists() and (ppm_dir / "value_head.npz").exists() and self.ppm_held_out_ok(ppm_dir)[0]:
+            out["ppm_adapter"] = ppm_dir / "ppm.gguf"
+            out["ppm_head"] = ppm_dir / "value_head.npz"
+        m = self.manifest()
+        if m.get("round") == self.k - 1:
+            if "policy" not in out and m.get("policy"):
                 out["policy"] = self.weights_dir / m["policy"]["adapter"]
-                if m.get("ppm"):
-                    out["ppm_adapter"] = self.weights_dir / m["ppm"]["adapter"]
-                    out["ppm_head"] = self.weights_dir / m["ppm"]["head"]
+            if "ppm_head" not in out and m.get("ppm"):
+                out["ppm_adapter"] = self.weights_dir / m["ppm"]["adapter"]
+                out["ppm_head"] = self.weights_dir / m["ppm"]["head"]
         return out
+
+    def ppm_held_out_ok(self, ppm_dir: Path) -> tuple[bool, float | None]:
+        """(passes the publish gate, held-out pair accuracy) of the PPM trained in `ppm_dir`: a PPM that
+        ranks held-out pairs no better than chance would steer the search wrongly."""
+        acc = (_json(ppm_dir / "train_log.json").get("eval_after") or {}).get("accuracy")
+        return acc is not None and acc >= float(self.evo.get("ppm_min_heldout_accuracy", 0.55)), acc
 
     def manifest(self) -> dict:
         p = self.weights_dir / "manifest.json"
@@ -197,8 +206,9 @@ class Round:
                     log.write(f"\n=== {_now()} {cmds[-1]}\n".encode())  # the header run() writes
                     log.flush()
                     procs.append(subprocess.Popen(cmd, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT))
-            if any(p.wait() != 0 for p in procs):
-                raise SystemExit(f"a rollout shard failed; see {self.dir / 'logs'}; rerun to resume")
+            codes = [p.wait() for p in procs]  # all of them: a rerun while one still writes would double it
+            if any(codes):
+                raise SystemExit(f"rollout shards exited {codes}; see {self.dir / 'logs'}; rerun to resume")
         if not self.dry_run:
             self.mark("rollouts", commands=cmds, files=[str(p) for p in self.rollout_files()])
 
@@ -335,6 +345,7 @@ class Round:
             policy = self.dir / "policy.gguf"
         args = ["--recipe", self.recipe_path, "--base", self.base, "--pairs", pairs,
                 "--policy-adapter", policy, "--out", self.dir / "ppm"]
+        args += _dtype(self.recipe, flag="--export-dtype")
         cmds, extra = [], []
         n_syn = int(self.evo.get("ppm_synthetic_pairs") or 0)
         if n_syn:  # training-only supplement (training/negatives.py), regenerated from its seed
@@ -388,12 +399,10 @@ class Round:
         ppm = None
         ppm_stage = self.state["stages"].get("ppm", {})
         ppm_log = _json(self.dir / "ppm" / "train_log.json") if ppm_stage.get("adapter") else {}
-        held_out = (ppm_log.get("eval_after") or {}).get("accuracy")
-        min_acc = float(self.evo.get("ppm_min_heldout_accuracy", 0.55))
-        if ppm_stage.get("adapter") and (held_out is None or held_out < min_acc):
-            # a PPM that ranks held-out pairs no better than chance would steer the search wrongly
-            print(f"[evolve r{self.k}] publish: PPM not shipped, held-out pair accuracy {held_out} < {min_acc}",
-                  flush=True)
+        passes, held_out = self.ppm_held_out_ok(self.dir / "ppm")
+        if ppm_stage.get("adapter") and not passes:
+            print(f"[evolve r{self.k}] publish: PPM not shipped, held-out pair accuracy {held_out} < "
+                  f"{self.evo.get('ppm_min_heldout_accuracy', 0.55)}", flush=True)
             ppm_stage = {}
         if not self.done("sft") and not ppm_stage.get("adapter"):
             # nothing this round would ship: leave weights/ and the manifest as they are
@@ -501,9 +510,10 @@ def _copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _dtype(recipe: dict) -> list:
+def _dtype(recipe: dict, flag: str = "--dtype") -> list:
+    """The recipe's export.dtype as a flag of training.export (--dtype) or training.ppm (--export-dtype)."""
     d = (recipe.get("export") or {}).get("dtype")
-    return ["--dtype", d] if d else []
+    return [flag, d] if d else []
 
 
 FIXED_KEYS = ("name", "workdir", "weights_dir")  # where rounds live: one value for all of them

@@ -183,12 +183,20 @@ def import_lora_gguf(path: str | os.PathLike, out_dir: str | os.PathLike, *, bas
 
 def as_peft_dir(adapter: str | os.PathLike, cache_dir: str | os.PathLike, *, base=None) -> str:
     """A peft adapter directory for `adapter`: itself when it is one, else (an adapter GGUF, e.g. a
-    shipped round) imported once into cache_dir and reused on later calls (resumed runs)."""
+    shipped round) imported once into cache_dir and reused on later calls (resumed runs) while the
+    GGUF's sha256 is the one cache_dir records: a redone or republished round (same path, new bytes)
+    is imported again instead of silently serving the old adapter."""
     if Path(adapter).is_dir():
         return str(adapter)
-    if not (Path(cache_dir) / "adapter_config.json").is_file():
-        import_lora_gguf(adapter, cache_dir, base=base)
-    return str(cache_dir)
+    cache, sha = Path(cache_dir), sha256_file(adapter)
+    stamp = cache / "imported_from.json"
+    fresh = (cache / "adapter_config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == sha
+    if not fresh:
+        import shutil
+        shutil.rmtree(cache, ignore_errors=True)
+        import_lora_gguf(adapter, cache, base=base)
+        atomic_write_json(stamp, {"adapter": str(adapter), "sha256": sha})
+    return str(cache)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -179,7 +179,10 @@ def ppm_pairs(tree: Tree, cfg: ExtractConfig = ExtractConfig(), *, problem_id: s
 # ---------------------------------------------------------------------------------------------
 
 def load_traces(paths: Iterable[str | Path]) -> Iterable[tuple[str | None, Tree]]:
-    """Rollout rows ({id, trace, ...}) or bare traces, from JSONL files or single JSON files."""
+    """Rollout rows ({id, trace, ...}) or bare traces, from JSONL files or single JSON files; one
+    trace per problem id, the first one read (a problem searched twice, e.g. by two shard layouts of
+    one round or after a retried error row, must not count twice in the SFT set or the pairs)."""
+    seen: set[str] = set()
     for p in paths:
         p = Path(p)
         rows: Iterable[dict]
@@ -192,6 +195,10 @@ def load_traces(paths: Iterable[str | Path]) -> Iterable[tuple[str | None, Tree]
                 continue  # a rollout row for a problem whose search failed
             trace = row.get("trace", row)
             pid = row.get("id") if "trace" in row else (trace.get("meta") or {}).get("id")
+            if pid is not None:
+                if str(pid) in seen:
+                    continue
+                seen.add(str(pid))
             tree = Tree.from_json(trace)
             if tree.gold is None and row.get("gold") is not None:
                 tree.gold = str(row["gold"])

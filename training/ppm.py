@@ -67,6 +67,7 @@ class PPMConfig:
     keep_checkpoints: int = 2
     log_every: int = 5
     export: bool = True            # write ppm.gguf (+ value_head.npz) into out/ at the end
+    export_dtype: str = "f16"      # f16 | f32: the adapter GGUF's tensors (evolve: the recipe's export.dtype)
     stop_after: int = 0            # testing: exit after N steps of this invocation, as if killed
 
 
@@ -334,7 +335,8 @@ def train(cfg: PPMConfig) -> dict:
         try:
             from training.export import export_lora
             stack = [cfg.policy_adapter] if cfg.policy_adapter else None
-            files["ppm_gguf"] = str(export_lora(adapter_dir, out / "ppm.gguf", base=base_path, stack=stack))
+            files["ppm_gguf"] = str(export_lora(adapter_dir, out / "ppm.gguf", base=base_path, stack=stack,
+                                                  dtype=cfg.export_dtype))
         except ImportError as e:
             print(f"[ppm] GGUF export skipped ({e}); run training.export later", flush=True)
     log = {"stage": "ppm", "command": command_line(), "config": dataclasses.asdict(cfg), "device": device,

@@ -82,8 +82,10 @@ def shard(items: list, spec: str | None) -> list:
 # ---------------------------------------------------------------------------------------------
 
 def done_ids(out: str | Path) -> set[str]:
-    """Ids already written; repairs a torn last line (see rstar_app.jsonl)."""
-    return {str(r.get("id")) for r in read_rows(out, repair=True)}
+    """Ids already searched; repairs a torn last line (see rstar_app.jsonl). A row whose search
+    raised (`error`, e.g. out of memory under --parallel) is not done: a rerun tries it again, and
+    readers of the file (training.extract.load_traces) skip error rows and take one trace per id."""
+    return {str(r.get("id")) for r in read_rows(out, repair=True) if "error" not in r}
 
 
 def _progress(total: int, initial: int):
@@ -193,21 +195,22 @@ def search_config(recipe_search: dict | None, args: argparse.Namespace):
     return SearchConfig.from_dict(d)
 
 
-def make_engine(args: argparse.Namespace):
+def make_engine(args: argparse.Namespace, candidates: int):
+    """`candidates`: the search's K (recipe or flag), which the backends must be sized for."""
     from rstar_app.engine import Engine
     from training.common import resolve_base
     base = resolve_base(args.base or None)
     use_ppm = bool(args.ppm_head)
     if args.backend == "torch":
-        return _torch_engine(args, base, use_ppm)
+        return _torch_engine(args, base, use_ppm, max(8, candidates))
     return Engine.load(policy_path=str(base), policy_adapter=args.policy_adapter or None,
                        ppm_path=str(base) if use_ppm else None, ppm_adapter=args.ppm_adapter or None,
                        ppm_head=args.ppm_head or None, no_ppm=not use_ppm,
-                       few_shot=args.few_shot, max_candidates=max(8, args.candidates or 0),
+                       few_shot=args.few_shot, max_candidates=max(8, candidates),
                        n_ctx=args.n_ctx, n_threads=args.threads or None)
 
 
-def _torch_engine(args: argparse.Namespace, base, use_ppm: bool):
+def _torch_engine(args: argparse.Namespace, base, use_ppm: bool, k: int):
     """The same search over rstar_app.models.torch_hf (GPU rollouts). Adapter GGUFs are imported
     back to peft once, next to the output file. An adapter GGUF for the PPM is the stacked one the
     engine loads (policy + PPM): it is merged alone; a peft PPM dir is merged over the policy's."""
@@ -221,7 +224,6 @@ def _torch_engine(args: argparse.Namespace, base, use_ppm: bool):
             return None
         return as_peft_dir(adapter, Path(args.out).parent / f".{Path(args.out).stem}.{tag}-peft", base=str(base))
 
-    k = max(8, args.candidates or 0)
     pol = peft_dir(args.policy_adapter, "policy")
     policy = TorchPolicy(base, adapter=pol, device=args.device, dtype=args.dtype, max_candidates=k, n_ctx=args.n_ctx)
     if args.parallel > 1:
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.limit:
         problems = problems[: args.limit]
     problems = shard(problems, args.shard)
-    engine = make_engine(args)
+    engine = make_engine(args, cfg.candidates)
 
     stop = {"flag": False}
 

@@ -112,12 +112,13 @@ def _learned(selector: Selector) -> Callable[[Tree], str | None]:
 
 def rollout_trees(files: list[str]) -> list[tuple[str, Tree, str | None]]:
     """(problem id, tree, gold answer) of every row of training rollout files that holds a trace; the
-    gold is the row's (else the trace's own). Read without cutting a torn last line: a live run may
-    be appending to the file."""
-    out = []
+    gold is the row's (else the trace's own); one tree per id, the first read (as training.extract).
+    Read without cutting a torn last line: a live run may be appending to the file."""
+    out, seen = [], set()
     for f in files:
         for r in read_rows(f, repair=False):
-            if r.get("trace"):
+            if r.get("trace") and str(r["id"]) not in seen:
+                seen.add(str(r["id"]))
                 t = Tree.from_json(r["trace"])
                 out.append((str(r["id"]), t, str(r["gold"]) if r.get("gold") is not None else t.gold))
     return out

@@ -94,10 +94,21 @@ def encode(tok, ex: dict, *, add_eos: bool) -> tuple[list[int], list[int]]:
 
 
 def select(examples: list, subset: int, eval_size: int, seed: int) -> tuple[list, list]:
+    """(train, eval): a seeded shuffle; eval takes whole problems (same question or prompt) until it
+    holds eval_size rows, so an up-weighted trajectory (evolve repeats the round's own ones) or the
+    other trajectory of the same problem cannot sit on both sides. With one row per problem (the
+    bootstrap set) this is the first eval_size rows of the shuffle, as training.unseen assumes.
+    `subset` then caps the training rows."""
     idx = list(range(len(examples)))
     random.Random(seed).shuffle(idx)
-    ev = idx[:eval_size] if eval_size else []
-    tr = idx[eval_size:]
+    key = lambda ex: ex.get("question") or ex.get("prompt") or ex.get("text")  # noqa: E731
+    held: set = set()
+    ev, tr = [], []
+    for i in idx:
+        k = key(examples[i])
+        if k not in held and len(ev) < eval_size:
+            held.add(k)
+        (ev if k in held else tr).append(i)
     if subset:
         tr = tr[:subset]
     return [examples[i] for i in tr], [examples[i] for i in ev]

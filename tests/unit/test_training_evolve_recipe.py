@@ -216,3 +216,25 @@ def test_a_fresh_clone_does_not_re_extract_and_retrain_a_round_whose_models_are_
     assert not r.done("extract", redo=["sft"])          # SFT asked for again: it needs the mix rebuilt
     (d / "policy.gguf").unlink()
     assert not r.done("extract") and not r.done("sft")  # nothing of SFT's here: the chain reruns
+
+
+def test_next_round_searches_only_with_a_ppm_that_passed_the_publish_gate(tmp_path):
+    import json
+    r = _round_with_rollouts(tmp_path, [], {"ppm_min_heldout_accuracy": 0.6})  # round 5
+    prev = tmp_path / "work" / "round-4"
+    (prev / "ppm").mkdir(parents=True)
+    for name in ("policy.gguf", "ppm/ppm.gguf", "ppm/value_head.npz"):
+        (prev / name).write_text("x")
+    log = prev / "ppm" / "train_log.json"
+    log.write_text(json.dumps({"eval_after": {"accuracy": 0.7}}))
+    assert r.prev_models() == {"policy": prev / "policy.gguf", "ppm_adapter": prev / "ppm" / "ppm.gguf",
+                               "ppm_head": prev / "ppm" / "value_head.npz"}
+    log.write_text(json.dumps({"eval_after": {"accuracy": 0.55}}))  # refused by publish: not used either
+    assert r.prev_models() == {"policy": prev / "policy.gguf"}
+    # round 4 was published keeping round 3's PPM: the search uses that one, as the app would
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / "manifest.json").write_text(json.dumps({"round": 4, "policy": {"adapter": "policy-r4.gguf"},
+                                                 "ppm": {"adapter": "ppm-r3.gguf", "head": "ppm-head-r3.npz"}}))
+    assert r.prev_models() == {"policy": prev / "policy.gguf", "ppm_adapter": w / "ppm-r3.gguf",
+                               "ppm_head": w / "ppm-head-r3.npz"}

@@ -60,6 +60,36 @@ def test_a_failing_problem_is_recorded_and_the_run_goes_on(tmp_path):
     assert extract([out])[2]["problems"] == 2  # error rows carry no trace and are skipped
 
 
+def test_a_problem_whose_search_raised_is_tried_again_by_the_rerun_and_counted_once(tmp_path):
+    out = tmp_path / "r.jsonl"
+    flaky = {"id": "flaky", "question": "What is 3 + 4 (flaky)?", "gold": "7"}
+    failures_left = [1]
+
+    def solve(prob):
+        if prob["id"] == "flaky" and failures_left[0]:
+            failures_left[0] -= 1
+            raise MemoryError("out of memory")  # a transient failure, not the problem's fault
+        return fake_solve([])(prob)
+    assert R.run_rollouts([PROBS[0], flaky], solve, out, progress=False)["errors"] == 1
+    calls = []
+    stats = R.run_rollouts([PROBS[0], flaky], lambda p: (calls.append(p["id"]), solve(p))[1], out, progress=False)
+    assert calls == ["flaky"] and stats["ran"] == 1 and stats["skipped_done"] == 1
+    assert R.run_rollouts([PROBS[0], flaky], fake_solve(calls), out, progress=False)["ran"] == 0
+    ids = [json.loads(l)["id"] for l in out.read_text().splitlines()]
+    assert ids == ["p0", "flaky", "flaky"]  # the error row stays, append-only
+    sft, _, st = extract([out])
+    assert st["problems"] == 2 and st["solved"] == 2 and len(sft) == 2
+
+
+def test_a_problem_in_two_rollout_files_counts_once_in_extraction(tmp_path):
+    # e.g. a round whose shard layout changed midway: rollouts.jsonl and rollouts.shard0.jsonl
+    a, b = tmp_path / "rollouts.jsonl", tmp_path / "rollouts.shard0.jsonl"
+    R.run_rollouts(PROBS[:2], fake_solve([]), a, progress=False)
+    R.run_rollouts(PROBS[:3], fake_solve([]), b, progress=False)
+    sft, _, st = extract([a, b])
+    assert st["problems"] == 3 and [r["problem_id"] for r in sft] == ["p0", "p2"]
+
+
 def test_should_stop_ends_between_problems(tmp_path):
     out = tmp_path / "r.jsonl"
     calls = []
@@ -98,7 +128,8 @@ def test_parallel_threads_write_every_row_once_in_finishing_order(tmp_path):
     assert peak[0] == 3  # three problems at once, never more
     ids = [json.loads(l)["id"] for l in out.read_text().splitlines()]
     assert sorted(ids) == sorted(p["id"] for p in probs) and ids[-1] == "p0"
-    assert R.run_rollouts(probs, solve, out, progress=False, parallel=3)["skipped_done"] == 6
+    rerun = R.run_rollouts(probs, solve, out, progress=False, parallel=3)
+    assert rerun["skipped_done"] == 5 and rerun["errors"] == 1  # only the failed problem is tried again
 
 
 def test_parallel_should_stop_starts_nothing_new_and_finishes_what_runs(tmp_path):

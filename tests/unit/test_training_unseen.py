@@ -102,3 +102,13 @@ def test_cli_writes_the_unseen_problems(tmp_path, capsys):
     trained = [json.loads(x) for x in (tmp_path / "trained.jsonl").read_text().splitlines()]
     assert len(trained) == 5 and not {r["id"] for r in trained} & {r["id"] for r in rows}
     assert all(int(r["id"][1:]) < 30 and set(r) == {"id", "question", "gold"} for r in trained)
+
+
+def test_sft_holds_out_whole_problems_so_no_repeated_trajectory_is_on_both_sides():
+    # evolve repeats the round's own trajectories (x3) and extraction keeps two per problem
+    own = [{"question": f"q{i}", "text": f"solution {i}{v}"} for i in range(10) for v in "ab"] * 3
+    boot = [{"question": f"b{i}", "text": f"bootstrap {i}"} for i in range(40)]
+    for seed in range(5):
+        tr, ev = select(own + boot, 0, 16, seed)
+        assert len(ev) >= 16 and len(tr) + len(ev) == 100
+        assert not {r["question"] for r in tr} & {r["question"] for r in ev}
