@@ -6,8 +6,10 @@ SFT: per problem, the top-k (2) correct root-to-terminal trajectories by average
 PPM pairs {prefix, pos, neg}:
   * at every node with both outcomes below it: its children that lead to a correct answer (a
     correct terminal in the subtree) vs those that lead only to wrong ends (wrong terminals or dead
-    branches): the 2 highest-Q correct-leading vs the 2 lowest-Q wrong-leading, same prefix;
-  * the final answer step: whole trajectories, highest vs lowest average Q (prefix = the prompt);
+    branches): the 2 highest-Q correct-leading vs the 2 lowest-Q wrong-leading, same prefix; a step
+    whose code failed is no positive (the reference: a step that raises is not a valid node);
+  * the final answer step: whole trajectories, highest vs lowest average Q (prefix = the prompt),
+    positives without a failed step (as SFT's);
   * kept when Q(pos) - Q(neg) >= q_margin (0.5) and the edit distance of the two texts >= min_edit (20).
 Prefixes are rebuilt with build_prompt(problem) (no few-shot examples), the prompt the trained
 models see; `prefix + pos` is exactly the string the search's PPM scores.
@@ -153,7 +155,7 @@ def ppm_pairs(tree: Tree, cfg: ExtractConfig = ExtractConfig(), *, problem_id: s
         if not (good and bad) or not nd.children:
             continue
         kids = [tree.nodes[c] for c in nd.children]
-        pos = [k for k in kids if out_of[k.id][0]]
+        pos = [k for k in kids if out_of[k.id][0] and k.status not in (ERROR, DEAD) and not k.error]
         neg = [k for k in kids if not out_of[k.id][0] and out_of[k.id][1]]
         if not pos or not neg:
             continue
@@ -166,6 +168,8 @@ def ppm_pairs(tree: Tree, cfg: ExtractConfig = ExtractConfig(), *, problem_id: s
         right, wrong = [], []
         for term, path in trajectories(tree):
             avg_q, _ = path_stats(path)
+            if term.correct is True and has_error(path):
+                continue  # as for SFT: a right answer reached through a failing step is no example to prefer
             (right if term.correct is True else wrong if term.correct is False else []).append(
                 (avg_q, steps_text(tree, term), term.id))
         right = sorted(right, key=lambda r: (r[0], -r[2]), reverse=True)[: cfg.final_pairs_per_side]

@@ -83,10 +83,10 @@ def test_step_pairs_same_prefix_best_vs_worst_with_filters():
     by_node = {}
     for p in step_pairs:
         by_node.setdefault(p["node"], []).append(p)
-    # at the root: correct-leading a, c (c leads to a correct answer too) vs wrong-only b, d
+    # at the root: correct-leading a vs wrong-only b, d; c leads to a correct answer too, but its
+    # code failed: a step that raises is not a valid node, so it is no positive
     root = by_node[0]
-    assert {(p["pos_node"], p["neg_node"]) for p in root} == {
-        (n["c"].id, n["b"].id), (n["c"].id, n["d"].id), (n["a"].id, n["b"].id), (n["a"].id, n["d"].id)}
+    assert {(p["pos_node"], p["neg_node"]) for p in root} == {(n["a"].id, n["b"].id), (n["a"].id, n["d"].id)}
     plain = build_prompt(Q)
     for p in root:
         assert p["prefix"] == plain  # rebuilt without the few-shot examples
@@ -119,7 +119,9 @@ def test_final_pairs_are_whole_trajectories():
         assert p["prefix"] == build_prompt(Q)
         assert p["pos"].endswith("\\boxed{7}.<end_of_answer>") and p["pos"].startswith("# Step 1")
         assert "<end_of_answer>" in p["neg"] and "\\boxed{7}" not in p["neg"]
-    # highest-avg-Q correct (a-path or c-path) vs lowest-avg-Q wrong (b-path at -1)
+    # highest-avg-Q correct without a failed step (the a-path; the c-path has the highest Q but an
+    # error step) vs lowest-avg-Q wrong (b-path at -1)
+    assert {p["pos_node"] for p in final} == {n["a1x"].id}
     assert {p["neg_node"] for p in final} <= {n["b1x"].id, n["a2x"].id}
     assert final[0]["neg_node"] == n["b1x"].id
 
