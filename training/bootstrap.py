@@ -415,6 +415,23 @@ def build(rows: list[dict], *, executor: str = "auto", strip_results: bool = Fal
     return out, stats
 
 
+def benchmark_overlap(rows: list[dict], data_dir: str | Path | None = None) -> dict[str, int]:
+    """{benchmark: how many of `rows`' questions are its evaluation problems} (whitespace-normalised
+    text; GSM8K test, SVAMP, MultiArith where the data directory has them): training on one would
+    contaminate the table, whatever the input file is called."""
+    from rstar_app.eval import load_bench
+    norm = lambda q: " ".join(str(q).split()).lower()  # noqa: E731
+    ours = {norm(r.get("question", "")) for r in rows}
+    out = {}
+    for bench in ("gsm8k", "svamp", "multiarith"):
+        try:
+            theirs = {norm(r["question"]) for r in load_bench(bench, data_dir)}
+        except FileNotFoundError:
+            continue
+        out[bench] = len(ours & theirs)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", default=str(GSM8K_TRAIN), help="GSM8K-format JSONL (question, answer)")
@@ -429,6 +446,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [json.loads(l) for l in open(args.input) if l.strip()]
     if args.limit:
         rows = rows[: args.limit]
+    if any((overlap := benchmark_overlap(rows)).values()):
+        sys.exit(f"refusing {args.input}: its questions include evaluation problems {overlap} (contamination)")
     t0 = time.time()
     out, stats = build(rows, executor=args.executor, strip_results=args.strip_results)
     n = write_jsonl(args.out, out)

@@ -28,8 +28,9 @@ from rstar_app.jsonl import read_rows  # noqa: E402
 
 
 def _index(path: str | Path) -> dict[str, dict]:
-    # repair=False: the file may be a round still being written; never truncate its torn last line
-    return {r["id"]: r for r in read_rows(path, repair=False) if "id" in r}
+    # repair=False: the file may be a round still being written; never truncate its torn last line.
+    # A row whose search raised (`error`) is no attempt: a rerun retries it (training.rollouts).
+    return {r["id"]: r for r in read_rows(path, repair=False) if "id" in r and "error" not in r}
 
 
 def compare(a: str | Path, b: str | Path) -> dict:

@@ -422,7 +422,9 @@ class Round:
                    "hyperparameters": ppm_log.get("config"),
                    "train": {k: ppm_log.get(k) for k in ("train_pairs", "steps", "eval_before", "eval_after", "this_run", "device")}}
         elif self.evo.get("keep_previous_ppm", True) and m.get("ppm") and self.k > 1:
-            ppm = m["ppm"]  # e.g. too few pairs this round: the previous PPM stays
+            # e.g. too few pairs this round: the previous PPM stays (its stacked_on names the policy file
+            # of the round it came from, which publish prunes; the stacked GGUF holds that policy itself)
+            ppm = dict(m["ppm"], kept_from_round=m["ppm"].get("kept_from_round", m.get("round")))
         base = dict(m.get("base") or {})
         base_sha = sha256_path(self.base)
         if base.get("sha256") and base["sha256"] != base_sha:

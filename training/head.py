@@ -55,9 +55,10 @@ def _mixed_group(problem: str, tree: Tree, gold) -> tuple[dict | None, bool]:
 
 
 def terminal_groups(rollout_files: list[str]) -> list[dict]:
-    """_mixed_group's rows of the rollout trees (training.rollouts output)."""
-    rows = (_mixed_group(str(r["id"]), Tree.from_json(r["trace"]), r["gold"])[0]
-            for f in rollout_files for r in read_rows(f))
+    """_mixed_group's rows of the rollout trees (training.rollouts output, read as training.selection
+    reads it: rows whose search raised skipped, one tree per problem, a live file left as it is)."""
+    from training.selection import rollout_trees
+    rows = (_mixed_group(rid, tree, gold)[0] for rid, tree, gold in rollout_trees(rollout_files))
     return [g for g in rows if g]
 
 
@@ -95,13 +96,20 @@ def key(text: str) -> str:
 
 
 class FeatureCache:
-    """text sha1 -> h_last, saved as <path> (keys [N], feats [N, hidden]) every `every` new rows."""
+    """text sha1 -> h_last, saved as <path> (keys [N], feats [N, hidden], model) every `every` new rows.
+    `model` names what made the features (base and PPM adapter sha256): a cache made by another model
+    is refused rather than mixed into this fit (one written before the field existed is taken as is;
+    model None: only reading, any cache)."""
 
-    def __init__(self, path: Path, every: int = 64):
-        self.path, self.every, self.new = path, every, 0
+    def __init__(self, path: Path, every: int = 64, *, model: str | None = None):
+        self.path, self.every, self.new, self.model = path, every, 0, model
         self.rows: dict[str, np.ndarray] = {}
         if path.is_file():
             with np.load(path) as z:
+                made_by = str(z["model"]) if "model" in z.files else None
+                if model is not None and made_by is not None and made_by != model:
+                    raise SystemExit(f"error: {path} holds features of another model ({made_by}; now {model}): "
+                                     "pass another --out, or delete it to start over")
                 self.rows = {str(k): v for k, v in zip(z["keys"], z["feats"])}
 
     def missing(self, texts: list[str]) -> list[str]:
@@ -119,7 +127,7 @@ class FeatureCache:
             return
         ks = sorted(self.rows)
         tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=np.array(ks), feats=np.stack([self.rows[k] for k in ks]))
+        np.savez(tmp, keys=np.array(ks), feats=np.stack([self.rows[k] for k in ks]), model=np.array(self.model or ""))
         tmp.replace(self.path)
         self.new = 0
 
@@ -313,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                    n_ctx=4096, n_threads=a.threads)
     with np.load(wts.ppm_head) as z:
         w0, b0 = np.asarray(z["weight"], np.float64).reshape(-1), float(np.asarray(z["bias"]).reshape(-1)[0])
-    cache = FeatureCache(out / "features.npz")
+    from training.common import sha256_file
+    made_by = f"base {sha256_file(wts.base)[:16]}, adapter " + (sha256_file(wts.ppm_adapter)[:16] if wts.ppm_adapter else "none")
+    cache = FeatureCache(out / "features.npz", model=made_by)
     jobs = [(g["prompt"], g["texts"]) for g in groups] + [(p["prefix"], [p["prefix"] + p["pos"], p["prefix"] + p["neg"]])
                                                          for p in spairs]
     transfer = {d: tree_dir_groups([d]) for d in a.transfer.split(",") if d}  # dir -> (groups, all-right trees)

@@ -256,6 +256,20 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+# settings a resumed run must share with its checkpoint: they shape the optimiser state, the LR
+# schedule and the batches that the checkpoint restores (a changed --lr would be silently undone)
+RESUME_SETTINGS = ("lr", "head_lr", "warmup_steps", "min_lr_ratio", "epochs", "max_steps", "lora_r", "lora_alpha",
+                   "lora_dropout", "lora_targets", "top_layers", "batch_size", "grad_accum", "seed")
+
+
+def run_ident(cfg: Any, data: Sequence, **extra) -> dict:
+    """What a checkpoint records and a resuming run must match: a hash of the encoded data (token ids,
+    not just their lengths), the cfg's RESUME_SETTINGS it has, and `extra`."""
+    import hashlib
+    digest = hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
+    return {"data_hash": digest, **{k: getattr(cfg, k) for k in RESUME_SETTINGS if hasattr(cfg, k)}, **extra}
+
+
 def check_resume_compatible(saved: dict, current: dict, keys: Sequence[str]) -> None:
     diff = {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
     if diff:

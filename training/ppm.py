@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import math
 import random
 import sys
@@ -260,9 +259,7 @@ def train(cfg: PPMConfig) -> dict:
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     ck = loop.Checkpointer(out, cfg.keep_checkpoints)
-    ident = {"data_hash": hashlib.sha256(json.dumps(lengths).encode()).hexdigest()[:16], "lora_r": cfg.lora_r,
-             "top_layers": cfg.top_layers, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-             "seed": cfg.seed, "policy_adapter": cfg.policy_adapter}
+    ident = loop.run_ident(cfg, enc, policy_adapter=cfg.policy_adapter)
     step, epoch, micro, history = 0, 0, 0, []
     eval_before = None
     state = ck.load_latest()

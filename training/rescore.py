@@ -57,7 +57,10 @@ UNSTEERED = ("best_of_n", "majority")
 
 def rescore_tree(tree: Tree, ppm) -> dict:
     """Replace every terminal's PPM score by `ppm`'s, in place (one call: the prompt is decoded once
-    and the terminals' own tokens share batches). Returns {terminals, max_abs_change}."""
+    and the terminals' own tokens share batches), and its value with it: at inference a terminal's
+    reward is its PPM score, so its Q is that score times its visits (value = score), and the rules
+    that rank terminals by value (top-k vote, best value) must see the new one. Inner nodes keep
+    theirs. Returns {terminals, max_abs_change}."""
     ts = tree.terminals()
     if not ts:
         return {"terminals": 0, "max_abs_change": 0.0}
@@ -69,6 +72,8 @@ def rescore_tree(tree: Tree, ppm) -> dict:
         if nd.ppm is not None:
             change = max(change, abs(nd.ppm - s))
         nd.ppm = float(s)
+        nd.n = max(nd.n, 1)
+        nd.q = nd.ppm * nd.n
     return {"terminals": len(ts), "max_abs_change": change}
 
 
@@ -171,6 +176,14 @@ def redo(tree: Tree, ppm, policy) -> dict:
     return r
 
 
+def check_resume(done_meta: dict | None, desc: dict, dst: Path) -> None:
+    """A resumed rescore must score with the models the trees already written were scored with (their
+    meta["rescored"]["ppm"]), else one output would mix two PPMs' scores."""
+    if done_meta is not None and done_meta.get("ppm") != desc:
+        raise SystemExit(f"error: {dst} was rescored by {(done_meta.get('ppm') or {}).get('name')!r}, this run "
+                         f"would score by {desc['name']!r}: pass another --tag (or --out) for a new run")
+
+
 def rescore_rollouts(a: argparse.Namespace, src: Path) -> int:
     """A training rollouts file: every row's tree done as a run's trees are, the rows (trace replaced,
     nothing else changed) appended to <out>/<stem>-<tag>.jsonl, which training.selector and
@@ -179,10 +192,12 @@ def rescore_rollouts(a: argparse.Namespace, src: Path) -> int:
     if dst.resolve() == src.resolve():
         print("error: --out and --tag name the source file itself", file=sys.stderr)
         return 2
-    done = {r["id"] for r in read_rows(dst)}
+    written = read_rows(dst)
+    done = {r["id"] for r in written}
     rows = [r for r in read_rows(src, repair=False) if r.get("trace")]
     todo = [r for r in rows if r["id"] not in done]
     ppm, policy, desc = load_models(a)
+    check_resume(written[0]["trace"].get("meta", {}).get("rescored") if written else None, desc, dst)
     print(f"{dst.name}: {len(rows)} trees, {len(rows) - len(todo)} already done; {desc['name']}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     t0, n_terms = time.monotonic(), 0
@@ -248,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         if selector is None:
             raise SystemExit("error: the source run answers by a learned selector: pass --selector FILE")
     ppm, policy, desc = load_models(a)
+    done = sorted(dst.glob("*.json"))
+    check_resume(Tree.read(done[0]).meta.get("rescored") if done else None, desc, dst)
     exact = a.keep_ppm or source.get("strategy") in UNSTEERED  # kept scores: the same tree, read again
     print(f"{name}: {len(files)} trees, {len(files) - len(todo)} already rescored; {desc['name']}; "
           f"{'exact replay' if exact else 'selection only (the search was steered by its own PPM)'}")

@@ -209,9 +209,14 @@ def ranking_intervals(trees: list[Tree], scores: dict[str, Callable[[Tree, Node]
     """Percentile bootstrap intervals of `ranking` for each score, resampling whole trees: the pairs
     of one tree share its problem and its samples, so counting pairs as independent (a binomial
     interval over 1,000 pairs) would claim far more certainty than ~50 mixed trees hold. With two
-    scores also "<second> - <first>": the interval of their difference, on the same resamples."""
+    scores also "<second> - <first>": the interval of their difference, on the same resamples. Only
+    terminals that every score rates count (e.g. a partly log-probability-annotated run), so the
+    scores are compared on the same pairs."""
     names = list(scores)
-    per = [[_tree_wins(t, scores[k]) for k in names] for t in trees]
+
+    def joint(f: Callable[[Tree, Node], float | None]) -> Callable[[Tree, Node], float | None]:
+        return lambda t, nd: f(t, nd) if all(g(t, nd) is not None for g in scores.values()) else None
+    per = [[_tree_wins(t, joint(scores[k])) for k in names] for t in trees]
     per = [p for p in per if any(n for _, n in p)]
     if not per:
         return {}

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import random
 import sys
@@ -199,7 +197,6 @@ def train(cfg: SFTConfig) -> dict:
     per_step = cfg.grad_accum * world   # micro-batches per optimizer step, over all processes
     steps_per_epoch = max(1, micro_per_epoch // per_step)
     total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
-    data_hash = hashlib.sha256(json.dumps(lengths).encode()).hexdigest()[:16]
     if main_proc:
         print(f"[sft] {len(enc)} examples ({dropped} longer than {cfg.max_seq_len} dropped), "
           f"{sum(lengths):,} tokens/epoch, {n_train:,} trainable params, {total_steps} steps", flush=True)
@@ -214,12 +211,11 @@ def train(cfg: SFTConfig) -> dict:
     ck = loop.Checkpointer(out, cfg.keep_checkpoints)
     step, epoch, micro = 0, 0, 0
     history: list[dict] = []
-    ident = {"data_hash": data_hash, "lora_r": cfg.lora_r, "top_layers": cfg.top_layers, "init_adapter": cfg.init_adapter or None,
-             "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seed": cfg.seed,
-             "world": world, "base": str(base_path)}
+    ident = {**loop.run_ident(cfg, [x for x, _ in enc], init_adapter=cfg.init_adapter or None, world=world),
+             "base": str(base_path)}  # recorded, not compared: the same base sits at another path elsewhere
     state = ck.load_latest()
     if state is not None:
-        loop.check_resume_compatible(state["ident"], ident, ["data_hash", "lora_r", "top_layers", "init_adapter", "batch_size", "grad_accum", "seed", "world"])
+        loop.check_resume_compatible(state["ident"], ident, [k for k in ident if k != "base"])
         loop.load_trainable_state(model, state["trainable"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -30,7 +30,9 @@ from typing import Iterable, Sequence
 from training.common import REPO, read_jsonl, write_jsonl
 
 # the shipped rounds' rollout trees (their pairs trained the PPMs) and PPM pair files (the synthetic
-# pairs put bootstrap solutions of problems the policy never trained on in front of the PPM)
+# pairs put bootstrap solutions of problems the policy never trained on in front of the PPM). Rounds
+# 1-3 made the shipped weights; publishing round 4 or later means adding its files here and
+# regenerating the list (round 4's unpublished rollouts and pairs touch 38 of the 428).
 DEFAULT_EXCLUDE = "training/runs/cpu-small/round-[123]/rollouts*.jsonl,training/runs/cpu-small/round-[123]/pairs*.jsonl"
 
 
@@ -89,10 +91,11 @@ def recall_gap(policy, trained: Sequence[dict], heldout: Sequence[dict]) -> dict
 
 
 def _ids(paths: Iterable[str]) -> set[str]:
-    """Problem ids in JSONL files: rows' `id` (rollouts, SFT data) or `problem_id` (PPM pairs)."""
+    """Problem ids in JSONL files: rows' `problem_id` (PPM pairs, extracted SFT rows, whose own `id`
+    is `<problem>#<node>`), else `id` (rollouts, bootstrap trajectories)."""
     out: set[str] = set()
     for p in paths:
-        out |= {str(r.get("id", r.get("problem_id"))) for r in read_jsonl(p) if "id" in r or "problem_id" in r}
+        out |= {str(r.get("problem_id") or r["id"]) for r in read_jsonl(p) if r.get("problem_id") or "id" in r}
     return out
 
 

@@ -121,6 +121,19 @@ def test_symbolic_input_refused(tmp_path):
         B.main(["--input", str(p), "--out", str(tmp_path / "o.jsonl")])
 
 
+def test_input_holding_an_evaluation_problem_is_refused_whatever_its_name(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / "gsm8k").mkdir(parents=True)
+    (data / "gsm8k" / "test.jsonl").write_text(json.dumps(NATALIA) + "\n")  # NATALIA as a test problem
+    monkeypatch.setenv("RSTAR_DATA", str(data))
+    p = tmp_path / "my_train.jsonl"
+    p.write_text(json.dumps(EQUATION) + "\n" + json.dumps({**NATALIA, "question": "  " + NATALIA["question"]}) + "\n")
+    with pytest.raises(SystemExit, match=r"evaluation problems \{'gsm8k': 1\}"):
+        B.main(["--input", str(p), "--out", str(tmp_path / "o.jsonl"), "--executor", "local"])
+    assert not (tmp_path / "o.jsonl").exists()
+    assert B.benchmark_overlap([EQUATION]) == {"gsm8k": 0}  # svamp / multiarith absent here: not checked
+
+
 def test_cli_writes_jsonl(tmp_path):
     p = tmp_path / "in.jsonl"
     p.write_text("\n".join(json.dumps(x) for x in [NATALIA, EQUATION, TRIVIAL_MARK]) + "\n")

@@ -63,3 +63,13 @@ def test_compare_refuses_files_without_common_problems(tmp_path):
         compare.compare(a, b)
     with pytest.raises(ValueError, match="no such file"):
         compare.compare(a, tmp_path / "missing.jsonl")
+
+
+def test_a_search_that_raised_is_no_attempt_until_its_rerun_row(tmp_path):
+    err = {"error": "MemoryError: out of memory", "seconds": 1}
+    a = _write(tmp_path / "a.jsonl", [{"id": "p1", "solved": True, "correct": True, "seconds": 10},
+                                      {"id": "p2", "solved": True, "correct": True, "seconds": 10}])
+    b = _write(tmp_path / "b.jsonl", [{"id": "p1", **err}, {"id": "p2", **err},
+                                      {"id": "p2", "solved": True, "correct": True, "seconds": 5}])
+    s = compare.compare(a, b)
+    assert s["shared"] == 1 and s["b"]["correct"] == 1  # p1 not counted as a wrong answer of b

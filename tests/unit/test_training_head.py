@@ -32,6 +32,16 @@ def test_terminal_groups_keep_only_trees_with_right_and_wrong_terminals(tmp_path
         assert text.startswith("prompt a\n") and f"print({ans})" in text and f"<answer>\\boxed{{{ans}}}" in text
 
 
+def test_terminal_groups_skip_failed_searches_and_leave_a_live_files_last_line_alone(tmp_path):
+    f = tmp_path / "rollouts.jsonl"
+    rows = [{"id": "x", "question": "q", "gold": "1", "error": "MemoryError: out of memory", "seconds": 1.0},
+            _rollout_row("a", "5", ["5", "7"])]
+    torn = b'{"id": "b", "gold": "5", "tra'  # a rollout run still appending
+    f.write_bytes("".join(json.dumps(r) + "\n" for r in rows).encode() + torn)
+    assert [g["problem"] for g in terminal_groups([str(f)])] == ["a"]
+    assert f.read_bytes().endswith(torn)
+
+
 def _memory_cache() -> FeatureCache:
     """A FeatureCache that never touches disk."""
     cache = FeatureCache.__new__(FeatureCache)
@@ -94,6 +104,16 @@ def test_feature_cache_saves_and_resumes(tmp_path):
     again = FeatureCache(tmp_path / "f.npz")
     assert again.missing(["a", "c", "d"]) == ["d"]
     assert again["a"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_feature_cache_of_another_model_is_refused_not_mixed_in(tmp_path):
+    c = FeatureCache(tmp_path / "f.npz", model="base 1, adapter r3")
+    c.put(["a"], np.ones((1, 3)))
+    c.save()
+    assert FeatureCache(tmp_path / "f.npz", model="base 1, adapter r3").missing(["a"]) == []
+    with pytest.raises(SystemExit, match="another model"):
+        FeatureCache(tmp_path / "f.npz", model="base 1, adapter r4")
+    assert FeatureCache(tmp_path / "f.npz").missing(["a"]) == []  # reading only: any cache
 
 
 def test_tree_dir_groups_read_eval_trees_and_count_the_all_right_ones(tmp_path):

@@ -37,6 +37,7 @@ def test_terminals_get_the_new_scores_in_one_call_and_inner_nodes_keep_theirs():
     r = rescore_tree(t, ppm)
     assert r["terminals"] == 3 and abs(r["max_abs_change"] - 1.7) < 1e-9
     assert [nd.ppm for nd in t.terminals()] == [0.6, 0.6, -0.8]
+    assert [nd.value for nd in t.terminals()] == [0.6, 0.6, -0.8]  # a terminal's value is its PPM score
     assert all(nd.ppm == 0.2 for nd in t.nodes if nd.kind == "final_code")
     # one call, prompt as the shared prefix, each continuation the rest of the terminal's text
     (prefix, steps), = ppm.calls
@@ -50,7 +51,16 @@ def test_a_tree_without_terminals_costs_no_ppm_call():
     assert rescore_tree(t, ppm) == {"terminals": 0, "max_abs_change": 0.0} and ppm.calls == []
 
 
-def test_revote_answers_each_row_again_by_the_rule_on_the_new_scores(tmp_path):
+def test_a_rescored_terminal_keeps_the_searchs_value_equals_ppm_rule_whatever_its_visits():
+    t = _tree()
+    for nd, visits in zip(t.terminals(), (2, 1, 3)):  # as best-of-N (init + backup) or MCTS left them
+        nd.n, nd.q = visits, nd.ppm * visits
+    rescore_tree(t, TextPPM({"7": 0.6, "9": -0.8}))
+    assert [(nd.n, round(nd.value, 9)) for nd in t.terminals()] == [(2, 0.6), (1, 0.6), (3, -0.8)]
+
+
+@pytest.mark.parametrize("rule, top_k", [("ppm-weighted", 4), ("top-k", 1)])
+def test_revote_answers_each_row_again_by_the_rule_on_the_new_scores(tmp_path, rule, top_k):
     trees = tmp_path / "run-x.trees"
     trees.mkdir()
     src_rows = tmp_path / "run.jsonl"
@@ -61,7 +71,7 @@ def test_revote_answers_each_row_again_by_the_rule_on_the_new_scores(tmp_path):
         (trees / f"{pid.replace('/', '_')}.json").write_text(json.dumps(t.to_json(events=False)))
         rows.append({"id": pid, "gold": "7", "answer": "9", "correct": False, "in_tree": True, "tokens": 5, "seconds": 1.0})
     src_rows.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    got = revote_rows(src_rows, trees, "ppm-weighted", None)
+    got = revote_rows(src_rows, trees, rule, None, top_k=top_k)
     # p/1: the new PPM prefers 7 -> right; p2: it prefers 9 -> wrong; the search's cost is kept
     assert [(r["id"], r["answer"], r["correct"]) for r in got] == [("p/1", "7", True), ("p2", "9", False)]
     assert all(r["in_tree"] and r["tokens"] == 5 for r in got)
@@ -117,6 +127,10 @@ def test_rescore_rollouts_file_records_logprobs_resumes_by_id_and_keeps_the_rows
     # a second run finds every id done and appends nothing
     assert rescore.main([str(src), "--out", str(out), "--tag", "lp", "--keep-ppm", "--policy-logprob"]) == 0
     assert len((out / "rollouts-lp.jsonl").read_text().splitlines()) == 3
+    # resuming into the same output with another model is refused, not mixed in
+    monkeypatch.setattr(rescore, "load_policy", lambda a: type("P", (CharPolicy,), {"name": "other"})())
+    with pytest.raises(SystemExit, match="pass another --tag"):
+        rescore.main([str(src), "--out", str(out), "--tag", "lp", "--keep-ppm", "--policy-logprob"])
 
 
 def test_keep_ppm_alone_is_refused(tmp_path, capsys):

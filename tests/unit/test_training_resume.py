@@ -1,6 +1,7 @@
 """Resume plumbing of the training stages: data order, checkpoints, torn JSONL, config layering."""
 
 import argparse
+import dataclasses
 import json
 import os
 
@@ -81,6 +82,18 @@ def test_resume_refuses_other_settings():
     with pytest.raises(SystemExit):
         loop.check_resume_compatible({"lora_r": 16}, {"lora_r": 8}, ["lora_r"])
     loop.check_resume_compatible({"lora_r": 16}, {"lora_r": 16}, ["lora_r"])
+
+
+def test_a_checkpoint_names_its_data_by_content_and_its_learning_rate():
+    from training.sft import SFTConfig
+    cfg = SFTConfig(data="d.jsonl", out="o")
+    base = loop.run_ident(cfg, [[1, 2, 3], [4, 5]], world=1)
+    assert loop.run_ident(cfg, [[1, 2, 3], [4, 5]], world=1) == base
+    same_lengths = loop.run_ident(cfg, [[1, 2, 9], [4, 5]], world=1)  # other tokens, same lengths
+    other_lr = loop.run_ident(dataclasses.replace(cfg, lr=cfg.lr * 2), [[1, 2, 3], [4, 5]], world=1)
+    for other in (same_lengths, other_lr):
+        with pytest.raises(SystemExit, match="different settings"):
+            loop.check_resume_compatible(base, other, list(base))
 
 
 def test_recorded_commands_are_repo_relative_and_name_the_shipped_base_portably():

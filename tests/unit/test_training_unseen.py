@@ -112,3 +112,11 @@ def test_sft_holds_out_whole_problems_so_no_repeated_trajectory_is_on_both_sides
         tr, ev = select(own + boot, 0, 16, seed)
         assert len(ev) >= 16 and len(tr) + len(ev) == 100
         assert not {r["question"] for r in tr} & {r["question"] for r in ev}
+
+
+def test_extracted_sft_rows_name_their_problem_by_problem_id_not_their_own_id(tmp_path):
+    from training.unseen import _ids
+    f = tmp_path / "sft_extracted.jsonl"
+    write_jsonl(f, [{"id": "gsm8k-train-00217#73", "problem_id": "gsm8k-train-00217", "text": "x"},
+                    {"id": "gsm8k-train-00009", "question": "q", "text": "y"}])  # a bootstrap row
+    assert _ids([f]) == {"gsm8k-train-00217", "gsm8k-train-00009"}
