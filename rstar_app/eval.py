@@ -125,22 +125,39 @@ def evaluate(engine, items: list[dict], config, out_path: Path, *, progress: boo
     return rows
 
 
-def resume_clash(summary_path: Path, fingerprint: str | None) -> str | None:
+# SearchConfig fields the run name spells; the others (budgets, depth, exploration, ...) are the
+# summary's "settings", which a resumed run must match
+NAMED_SETTINGS = {"strategy", "rollouts", "candidates", "seed", "temperature", "vote", "top_k_vote", "greedy_first"}
+
+
+def search_settings(config) -> dict:
+    """The search settings a run's name does not say (as JSON would give them back)."""
+    return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k not in NAMED_SETTINGS}))
+
+
+def resume_clash(summary_path: Path, fingerprint: str | None, settings: dict | None = None) -> str | None:
     """Why this run must not append to the rows already under its name, or None. The name says the
-    round and the settings, not the bytes: a retrained round (or a hand-edited weights dir) would
-    otherwise extend another model's rows and report their sum as one run. Runs written before
-    the fingerprint was recorded resume as before."""
-    if fingerprint is None or not summary_path.is_file():
+    round and the main settings, not the bytes nor every budget: a retrained round (or a hand-edited
+    weights dir), or the same run with another --max-tokens / --time-limit / --max-depth, would
+    otherwise extend other rows and report their sum as one run. Runs written before the
+    fingerprint (or the settings) were recorded resume as before."""
+    if not summary_path.is_file():
         return None
     try:
-        old = json.loads(summary_path.read_text()).get("models_sha256")
+        old = json.loads(summary_path.read_text())
     except json.JSONDecodeError:
         return None
-    if old is None or old == fingerprint:
-        return None
     rows = summary_path.with_name(summary_path.name.removesuffix(".summary.json") + ".jsonl")
-    return (f"{rows} holds rows searched with other model files (fingerprint {old}; these are {fingerprint}): "
-            f"pass another --tag or --out, or move that file away to start the run over")
+    was = old.get("models_sha256")
+    if fingerprint is not None and was is not None and was != fingerprint:
+        return (f"{rows} holds rows searched with other model files (fingerprint {was}; these are {fingerprint}): "
+                f"pass another --tag or --out, or move that file away to start the run over")
+    was = old.get("settings")
+    if settings is not None and was is not None and was != settings:
+        diff = {k: (was.get(k), settings.get(k)) for k in sorted(set(was) | set(settings)) if was.get(k) != settings.get(k)}
+        return (f"{rows} holds rows searched with other settings {diff} (there, here): pass another --tag "
+                f"or --out, or move that file away to start the run over")
+    return None
 
 
 def revote_name(source_run: str, rule: str, top_k: int) -> str:
@@ -259,6 +276,7 @@ def run_summary(a, config, name: str, rule: str, models: str, search: dict, rows
             **({"temperature": search["temperature"]} if search.get("temperature") is not None else {}),
             "models": models,
             **({"models_sha256": search["models_sha256"]} if search.get("models_sha256") else {}),
+            **({"settings": search["settings"]} if search.get("settings") else {}),
             **summarize(rows), "complete": len(rows) >= n_items}
 
 
@@ -283,10 +301,19 @@ def main(a) -> int:
         if config.vote == "learned" or (config.vote == "auto" and not no_ppm):  # the weights' selector
             from .weights import WeightsError, load_selector, load_weights
             try:
-                selector = load_selector(load_weights(a.weights))
+                w = load_weights(a.weights)
+                selector = load_selector(w)
             except WeightsError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
+            # a selector is fit on one PPM's scores: "auto" uses it only on trees that PPM scored
+            # (Weights.describe names the head in the run's models), as the engine would have
+            other_ppm = selector is not None and (w.ppm_head is None or w.ppm_head.name not in source["models"])
+            if other_ppm and config.vote == "auto":
+                selector = None
+            elif other_ppm:
+                print(f"warning: {selector.name} was fit on another PPM's scores than these trees' "
+                      f"({source['models']})", file=sys.stderr)
             if selector is None and config.vote == "learned":
                 print("error: --vote learned needs weights whose manifest names ppm.selector", file=sys.stderr)
                 return 2
@@ -295,7 +322,7 @@ def main(a) -> int:
         name = revote_name(source.get("run", src.stem), rule, config.top_k_vote)
         models = source["models"] + (f", answers by {selector.name}" if rule == "learned" else "")
         search = {k: source.get(k) for k in ("strategy", "rollouts", "candidates", "greedy_first", "temperature",
-                                             "models_sha256")}
+                                             "models_sha256", "settings")}
         print(f"{name}: {len(items)} problems, answers re-voted from {src}")
         try:
             rows = revote(items, config, src, out / f"{name}.jsonl", selector)
@@ -309,8 +336,8 @@ def main(a) -> int:
         engine = engine_from_args(a, max_candidates=config.candidates)
         rule = engine.vote_rule(config)
         name, models = run_name(a, rule), engine.description
-        search["models_sha256"] = engine.fingerprint()
-        clash = resume_clash(out / f"{name}.summary.json", search["models_sha256"])
+        search["models_sha256"], search["settings"] = engine.fingerprint(), search_settings(config)
+        clash = resume_clash(out / f"{name}.summary.json", search["models_sha256"], search["settings"])
         if clash:
             engine.close()
             print(f"error: {clash}", file=sys.stderr)

@@ -94,8 +94,9 @@ def clean_problem(text: object) -> str:
             f"The problem is {len(text):,} characters long; the limit is {MAX_PROBLEM_CHARS:,}. "
             "Shorten it to the question itself."
         )
-    # "<end_of_step>" -> "[end_of_step]": the model still reads the words, but no marker survives.
-    return _INJECTION.sub(lambda m: "[" + m.group(0).strip("<>").replace("|", "") + "]", text)
+    # "<end_of_step>" -> "[end_of_step]": the model still reads the words, but no marker survives;
+    # a stray "<|" (half a chat-template tag, e.g. one cut by the 40-character bound) is spaced apart.
+    return _INJECTION.sub(lambda m: "[" + m.group(0).strip("<>").replace("|", "") + "]", text).replace("<|", "< |")
 
 
 def build_prompt(problem: str, *, few_shot: bool = False) -> str:

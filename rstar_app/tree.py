@@ -153,8 +153,11 @@ class Tree:
 
     # -- MCTS arithmetic --
     def uct(self, node: Node, c: float) -> float:
-        """UCT = Q + c * sqrt(ln N_parent / N); the exploration term is 0 while a count is 0
-        (reference rule), and unvisited nodes are tried first."""
+        """UCT = Q + c * sqrt(ln N_parent / N); the exploration term is 0 while the parent's count is
+        0. An unvisited node (N = 0) scores +inf, so it is tried before any sibling is revisited:
+        here we depart from the reference, which scores it Q = 0 with no exploration term (a sibling
+        that earned +1 would be revisited first). It matters only without a PPM (terminal-guided
+        rounds, --no-ppm): with one, every live child starts with its score as one visit."""
         parent = self.nodes[node.parent] if node.parent is not None else node
         if node.n == 0:
             return math.inf
@@ -252,7 +255,8 @@ class Tree:
             tree.nodes = []
             for i, d in enumerate(nodes):
                 nd = Node(**{k: v for k, v in d.items() if k in names})
-                if nd.id != i or (i > 0 and not (isinstance(nd.parent, int) and 0 <= nd.parent < i)):
+                # the root has no parent, every other node an earlier one: paths end at the root
+                if nd.id != i or (nd.parent is not None if i == 0 else not (isinstance(nd.parent, int) and 0 <= nd.parent < i)):
                     raise ValueError(f"node {i} has a bad id or parent")
                 if not all(isinstance(c, int) and i < c < len(nodes) for c in nd.children):
                     raise ValueError(f"node {i} has bad children")

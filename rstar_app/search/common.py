@@ -137,6 +137,7 @@ class Search:
         their code, PPM-score the survivors and add them all to the tree; returns the live ones."""
         tree = self.tree if tree is None else tree
         seen_text, seen_answers, new = set(), [], []
+        stop: Exception | None = None
         for cd in cands:
             step = parse_step(cd.text, cd.stop)
             key = " ".join(step.text.split())
@@ -148,7 +149,11 @@ class Search:
                     continue  # several siblings giving the same answer: keep one
                 seen_answers.append(step.answer)
             new.append(self._add_child(node, step, cd, tree))
-            self.check_cancel()
+            try:
+                self.check_cancel()  # between code runs: a cancel ends the search at once, a spent
+            except OutOfBudget as e:  # budget after this batch's children are scored (below)
+                stop = e
+                break
         live = [ch for ch in new if ch.status != DEAD]
         if self.ppm is not None and live:
             t0 = time.monotonic()
@@ -162,6 +167,8 @@ class Search:
             if ch.status == DEAD:  # -1 locally (reference rule); rollouts that end here back it up
                 ch.q, ch.n = DEAD_REWARD, 1
                 tree.emit(Event("update", ch.id, {"q": ch.q, "n": ch.n, "value": ch.value}))
+        if stop is not None:  # only now: every child added is scored, so none enters the final vote
+            raise stop        # at value 0 ahead of scored terminals with negative PPM scores
         return live
 
     def _rendered(self, node: Node) -> str:

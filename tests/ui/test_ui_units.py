@@ -307,6 +307,8 @@ BAD_TRACES = {  # name: (file content, built when the test runs; what the messag
     "other-version": (lambda: _trace_text(version=2), "trace version 2 is not supported"),
     "bad-parent": (lambda: _trace_text(nodes=[{"id": 0, "parent": None, "depth": 0}, {"id": 1, "parent": 5, "depth": 1}]),
                    "node 1 has a bad id or parent"),
+    "root-is-its-own-parent": (lambda: _trace_text(nodes=[{"id": 0, "parent": 0, "depth": 0}]),  # path() would loop
+                               "node 0 has a bad id or parent"),
 }
 
 

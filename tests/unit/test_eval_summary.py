@@ -86,9 +86,17 @@ def test_from_trees_auto_uses_the_weights_selector_and_learned_refuses_weights_w
     weights = tmp_path / "w"
     weights.mkdir()
     Selector({"maxp": 1.0}, name="sel.json").save(weights / "sel.json")
-    (weights / "manifest.json").write_text(json.dumps({"round": 3, "ppm": {"selector": "sel.json"}}))
+    for head in ("Y", "Z"):
+        (weights / head).write_bytes(b"head")
     out = tmp_path / "out"
     args = ["eval", "--bench", "practice", "--limit", "2", "--out", str(out), "--from-trees", str(trees)]
+    # a selector fit on another PPM's scores (the weights ship head Z, the trees were scored by Y):
+    # auto does not use it, as the engine with that PPM would not have
+    (weights / "manifest.json").write_text(json.dumps({"round": 3, "ppm": {"head": "Z", "selector": "sel.json"}}))
+    assert main(args + ["--weights", str(weights)]) == 0
+    assert [r["answer"] for r in read_rows(out / f"{SOURCE}-rv-v4.jsonl")] == ["9", "9"]
+    (out / f"{SOURCE}-rv-v4.jsonl").unlink()
+    (weights / "manifest.json").write_text(json.dumps({"round": 3, "ppm": {"head": "Y", "selector": "sel.json"}}))
     assert main(args + ["--weights", str(weights)]) == 0  # auto: the selector's best PPM answer, 5
     rows = read_rows(out / f"{SOURCE}-rv-vsel.jsonl")
     assert [r["answer"] for r in rows] == ["5", "5"]
@@ -170,6 +178,20 @@ def test_resume_is_refused_only_when_the_rows_came_from_other_model_files(tmp_pa
     assert resume_clash(summary, "aaaa") is None and resume_clash(summary, None) is None
     msg = resume_clash(summary, "bbbb")
     assert "gsm8k-r4-ppm-mcts-r8-k4-s0-ss1234.jsonl" in msg and "aaaa" in msg and "bbbb" in msg
+
+
+def test_resume_is_refused_when_a_budget_the_name_does_not_spell_changed(tmp_path):
+    from rstar_app.config import SearchConfig
+    from rstar_app.eval import resume_clash, search_settings
+    summary = tmp_path / "gsm8k-r3-ppm-mcts-r8-k4-s0-ss1234.summary.json"
+    short = search_settings(SearchConfig(max_tokens=500))
+    assert "max_tokens" in short and "rollouts" not in short  # the name already says the rollouts
+    summary.write_text(json.dumps({"run": "x", "problems": 3, "models_sha256": "aaaa", "settings": short}))
+    assert resume_clash(summary, "aaaa", search_settings(SearchConfig(max_tokens=500, seed=3))) is None
+    msg = resume_clash(summary, "aaaa", search_settings(SearchConfig(max_tokens=5000)))
+    assert "other settings" in msg and "'max_tokens': (500, 5000)" in msg
+    summary.write_text(json.dumps({"run": "x", "problems": 3}))  # written before settings were recorded
+    assert resume_clash(summary, "aaaa", search_settings(SearchConfig(max_tokens=5000))) is None
 
 
 def test_engine_fingerprint_follows_the_bytes_of_its_model_files(tmp_path):

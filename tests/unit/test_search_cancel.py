@@ -93,3 +93,29 @@ def test_cancel_at_every_event_of_each_kind_returns_a_valid_partial_tree(strateg
         assert [n.to_dict() for n in back.nodes] == [n.to_dict() for n in tree.nodes]
         assert back.meta["stopped"] == tree.meta["stopped"] and back.answer == tree.answer
         assert all(tree.nodes[j].status != "dead" for j in tree.best_path)
+
+
+def test_a_budget_spent_mid_batch_leaves_no_unscored_terminal_to_win_the_vote():
+    # the batch that crosses the token budget is still PPM-scored before the search ends: an unscored
+    # terminal (value 0) would otherwise beat every scored one with a negative PPM score
+    from rstar_app.models.base import Candidate
+
+    class TwoWays:
+        name, n_ctx = "two ways", 100_000
+
+        def count_tokens(self, text):
+            return len(text) // 4
+
+        def generate(self, prefix, n, **kw):
+            if "print(" not in prefix:
+                return [Candidate("print(5)", "<end_of_code>", 10), Candidate("print(7)", "<end_of_code>", 10)][:n]
+            ans = "5" if "print(5)" in prefix else "7"
+            return [Candidate(f"<answer>\\boxed{{{ans}}}", "<end_of_answer>", 10),
+                    Candidate(f"<answer>so \\boxed{{{ans}}}", "<end_of_answer>", 10)][:n]
+    ppm = TablePPM({"boxed{5}": -0.5, "boxed{7}": -0.9, "print(5)": 0.1, "print(7)": 0.0})
+    for budget in (0, 50):  # 50 tokens: spent by the batch that reaches the second answer
+        tree = run("What is 5?", policy=TwoWays(), ppm=ppm, executor=InProcessExecutor(),
+                   config=SearchConfig(strategy="mcts", rollouts=4, candidates=2, max_tokens=budget, vote="top-k"))
+        assert all(nd.ppm is not None for nd in tree.terminals()), budget
+        assert tree.answer == "5", budget
+    assert tree.meta["stopped"] == "token budget"
