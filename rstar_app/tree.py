@@ -19,6 +19,7 @@ TRACE_FORMAT = "rstar-app-trace"
 TRACE_VERSION = 1
 MAX_TRACE_BYTES = 20_000_000
 MAX_TRACE_NODES = 20_000
+EVENTS_PER_NODE = 100  # a search emits a few per node (created, scored, backed up ~depth times)
 
 # Node.status values
 ROOT, OK, ERROR, DEAD, TERMINAL = "root", "ok", "error", "dead", "terminal"
@@ -254,6 +255,7 @@ class Tree:
             names = set(Node.__dataclass_fields__)
             tree.nodes = []
             for i, d in enumerate(nodes):
+                _check_fields(d, f"node {i}")
                 nd = Node(**{k: v for k, v in d.items() if k in names})
                 # the root has no parent, every other node an earlier one: paths end at the root
                 if nd.id != i or (nd.parent is not None if i == 0 else not (isinstance(nd.parent, int) and 0 <= nd.parent < i)):
@@ -262,10 +264,15 @@ class Tree:
                     raise ValueError(f"node {i} has bad children")
                 tree.nodes.append(nd)
             tree.answer = obj.get("answer")
-            tree.best_path = [int(i) for i in obj.get("best_path") or [] if 0 <= int(i) < len(nodes)]
+            tree.best_path = [int(i) for i in obj.get("best_path") or []]
+            if tree.best_path and (tree.best_path[0] != 0 or any(
+                    not 0 <= b < len(nodes) or tree.nodes[b].parent != a for a, b in zip(tree.best_path, tree.best_path[1:]))):
+                raise ValueError("best_path is not a path down from the root")
             tree.meta = dict(obj.get("meta") or {})
-            tree.events = [Event(str(e["kind"]), e.get("node_id"), dict(e.get("data") or {}))
-                           for e in obj.get("events") or []]
+            events = obj.get("events") or []
+            if len(events) > EVENTS_PER_NODE * len(nodes):  # a replay would rebuild far more than the tree
+                raise ValueError(f"{len(events):,} events for {len(nodes):,} nodes (at most {EVENTS_PER_NODE} a node)")
+            tree.events = [_event(e, len(nodes), i) for i, e in enumerate(events)]
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed trace: {e!r}") from None
         return tree
@@ -290,3 +297,35 @@ class Tree:
 
     def walk(self) -> Iterator[Node]:
         yield from self.nodes
+
+
+# -- trace validation: a shared trace file is untrusted input --
+_NUM, _OPT = (int, float), type(None)
+_FIELD_TYPES: dict[str, tuple] = {
+    **{k: (str,) for k in ("kind", "text", "code", "output", "error", "status", "reason")},
+    "answer": (str, _OPT), "correct": (bool, _OPT), "ppm": (*_NUM, _OPT), "logprob": (*_NUM, _OPT), "q": _NUM,
+    **{k: (int,) for k in ("id", "depth", "n", "tokens", "errors_in_row")}, "parent": (int, _OPT), "children": (list,)}
+EVENT_KINDS = ("node", "update", "rollout", "done")
+
+
+def _check_fields(d: dict, where: str) -> None:
+    """Node fields of the types a Tree holds, numbers finite: a figure or a replay must not fail on them."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} is not an object")
+    for k, types in _FIELD_TYPES.items():
+        v = d.get(k)
+        if k in d and (not isinstance(v, types) or (isinstance(v, float) and not math.isfinite(v))):
+            raise ValueError(f"{where} has a bad {k!r}: {str(v)[:40]!r}")
+
+
+def _event(e: dict, n_nodes: int, i: int) -> Event:
+    """One recorded event, checked: a known kind, a node it may touch ("node" events create the trace's
+    own nodes 1..n-1, so a replay never grows past the tree), field types as for nodes."""
+    kind, nid, data = e["kind"], e.get("node_id"), e.get("data") or {}
+    if kind not in EVENT_KINDS or not (nid is None or isinstance(nid, int)) or not isinstance(data, dict):
+        raise ValueError(f"event {i} is malformed")
+    if kind in ("node", "update") and not (isinstance(nid, int) and (1 if kind == "node" else 0) <= nid < n_nodes):
+        raise ValueError(f"event {i} names node {nid!r}, not one of the trace's")
+    if kind in ("node", "update"):
+        _check_fields(data, f"event {i}")
+    return Event(kind, nid, dict(data))

@@ -262,10 +262,15 @@ class UI:
                 tree = Tree.from_json(f.read())
         except (OSError, ValueError) as e:
             return {c.status: f"⚠️ Could not open this trace: {e}"}
+        before = (s.tree, s.revision, s.stage)
         s.tree = tree
         s.revision += 1
-        out = self.full_views(s, tree, f"Opened an uploaded trace ({len(tree.nodes)} nodes, "
-                                       f"{len(tree.events)} events).")
+        try:
+            out = self.full_views(s, tree, f"Opened an uploaded trace ({len(tree.nodes)} nodes, "
+                                           f"{len(tree.events)} events).")
+        except Exception as e:  # noqa: BLE001 - a trace that loads but cannot be drawn: keep what was open
+            s.tree, s.revision, s.stage = before
+            return {c.status: f"⚠️ Could not open this trace: {type(e).__name__}: {e}"}
         out[c.problem] = tree.problem
         return out
 

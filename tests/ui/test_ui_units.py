@@ -98,6 +98,36 @@ def test_big_trees_are_collapsed_to_max_nodes_but_keep_the_chosen_path():
     assert any(t.get("name", "").startswith("collapsed") for t in fig["data"])
 
 
+def test_collapsing_picks_the_smallest_visit_threshold_that_fits_as_a_scan_over_all_would():
+    import random
+    from rstar_app.tree import Tree
+    rng = random.Random(0)
+    for trial in range(20):
+        tree = Tree("p", "prompt")
+        for i in range(1, 300):
+            nd = tree.add(tree.nodes[rng.randrange(i)], kind="code", text="# x\n", status="ok")
+            nd.n = rng.randrange(12)
+        tree.best_path = [n.id for n in tree.path(tree.nodes[rng.randrange(300)])]
+        for max_nodes in (10, 40, 120):
+            got = visible_nodes(tree, max_nodes=max_nodes)
+            for t in sorted({nd.n for nd in tree.nodes} | {10**9}):  # the first threshold that fits
+                shown = _shown_at(tree, t)
+                if len(shown) <= max_nodes:
+                    break
+            assert got[0] == shown, (trial, max_nodes)
+
+
+def _shown_at(tree, t):
+    shown, hidden = set(), set()
+    for nd in tree.nodes:
+        if nd.parent is not None and (nd.parent not in shown or nd.parent in hidden):
+            continue
+        shown.add(nd.id)
+        if nd.children and nd.n < t and nd.id not in tree.best_path and nd.id != 0:
+            hidden.add(nd.id)
+    return shown
+
+
 def test_categories_cover_statuses():
     tree = search()
     cats = {category(nd) for nd in tree.nodes}
@@ -309,6 +339,20 @@ BAD_TRACES = {  # name: (file content, built when the test runs; what the messag
                    "node 1 has a bad id or parent"),
     "root-is-its-own-parent": (lambda: _trace_text(nodes=[{"id": 0, "parent": 0, "depth": 0}]),  # path() would loop
                                "node 0 has a bad id or parent"),
+    # field types the figure and the inspector compute with
+    "visits-as-text": (lambda: _trace_text(nodes=[{"id": 0, "parent": None, "depth": 0},
+                                                  {"id": 1, "parent": 0, "depth": 1, "n": "x"}], best_path=[]),
+                       "node 1 has a bad 'n'"),
+    # a replay that would build 300k nodes out of a one-node trace (hours of work for the worker)
+    "events-beyond-the-tree": (lambda: _trace_text(nodes=[{"id": 0, "parent": None, "depth": 0}], best_path=[], events=[
+        {"kind": "node", "node_id": i, "data": {"parent": 0, "depth": 1, "n": i}} for i in range(1, 151)]),
+        "150 events for 1 nodes"),
+    "event-for-a-node-not-in-the-trace": (lambda: _trace_text(best_path=[], events=[
+        {"kind": "node", "node_id": 10**6, "data": {"parent": 0}}]), "event 0 names node 1000000"),
+    "event-data-of-the-wrong-type": (lambda: _trace_text(best_path=[], events=[
+        {"kind": "node", "node_id": 1, "data": {"parent": 0, "text": ["not", "text"]}}]), "event 0 has a bad 'text'"),
+    # a "solution" that repeats one node's code over and over
+    "best-path-not-a-path": (lambda: _trace_text(best_path=[0, 1, 1, 1, 1]), "best_path is not a path"),
 }
 
 
