@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 
+class ContextFull(RuntimeError):
+    """A text does not fit a model's context window (the search kills the branch, not the search)."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One generated continuation: text without its stop marker, the marker that ended it

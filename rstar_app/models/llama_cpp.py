@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import ROGUE as _ROGUE, Candidate, first_stop as _first_stop, sibling_temperatures
+from .base import ROGUE as _ROGUE, Candidate, ContextFull, first_stop as _first_stop, sibling_temperatures
 
 _MODELS: dict[tuple[str, int], object] = {}
 _MODELS_LOCK = threading.Lock()
@@ -163,6 +163,7 @@ class SeqContext:
                    key=len, default=None)
         if best is not None:
             L.llama_memory_seq_rm(self.mem, 0, -1, -1)
+            self.held = []  # seq 0 is empty now, whatever the restore below does
             data = self.snapshots[best]
             self.snapshots.move_to_end(best)
             if L.llama_state_seq_set_data(self.ctx, data, len(data), 0) == 0:
@@ -225,6 +226,9 @@ class SeqContext:
             return
         buf = (ctypes.c_uint8 * size)()
         L.llama_state_seq_get_data(self.ctx, buf, size, 0)
+        old = self.snapshots.pop(key, None)  # the same prefix again (a rerun, a greedy sibling): replace it
+        if old is not None:
+            self.snapshot_bytes -= len(old)
         self.snapshots[key] = buf
         self.snapshot_bytes += size
         while self.snapshot_bytes > self.snapshot_limit:
@@ -242,10 +246,6 @@ class SeqContext:
             self.close()
         except Exception:
             pass
-
-
-class ContextFull(RuntimeError):
-    pass
 
 
 def _lcp_all(seqs: Sequence[Sequence[int]]) -> int:

@@ -184,7 +184,9 @@ class TorchPolicy:
                            [r.request.top_k for r in active], [r.uniforms for r in active], dev)
         drawn = torch.tensor([len(r.out) for r in active], device=dev)  # each row's place in its stream
         with torch.inference_mode():
-            res = self.model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
+            # logits of the last position only: all of them would be rows x width x vocab (~38 GB bf16
+            # for 192 rows of 2,000 tokens), rebuilt every chunk
+            res = self.model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1)
             self.stats["prefill_tokens"] += sum(map(len, seqs))
             past, logits, last = _cache_of(res), res.logits[:, -1].float(), pos[:, -1:]
             for t in range(steps):

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from ..config import SearchConfig
 from ..grading import is_correct, same_answer
-from ..models.base import Candidate, Executor, Policy, ValueModel
+from ..models.base import Candidate, ContextFull, Executor, Policy, ValueModel
 from ..selector import Selector
 from ..steps import STOP, Step, parse_step, render_step
 from ..tree import DEAD, ERROR, OK, TERMINAL, Cancelled, Event, Node, Tree
@@ -157,7 +157,18 @@ class Search:
         live = [ch for ch in new if ch.status != DEAD]
         if self.ppm is not None and live:
             t0 = time.monotonic()
-            scores = self.ppm.score(prefix, [self._rendered(ch) for ch in live])
+            texts = [self._rendered(ch) for ch in live]
+            try:
+                scores = self.ppm.score(prefix, texts)
+            except ContextFull:  # siblings with long outputs near the end of the window: one at a
+                scores = []      # time, and those that still do not fit die here
+                for ch, text in zip(live, texts):
+                    try:
+                        scores += self.ppm.score(prefix, [text])
+                    except ContextFull as e:
+                        ch.status, ch.reason = DEAD, f"the PPM's context window is full ({e})"
+                        tree.emit(Event("update", ch.id, {"status": DEAD, "reason": ch.reason}))
+                live = [ch for ch in live if ch.status != DEAD]
             self.ppm_seconds += time.monotonic() - t0
             for ch, s in zip(live, scores):
                 # PPM-augmented init: the score is the initial Q and counts as one visit

@@ -99,6 +99,13 @@ def test_prefix_is_not_re_evaluated_and_snapshot_restore_continues_identically(p
     assert policy.stats["snapshot_restores"] == restores + 1
     fresh = LlamaPolicy(base_gguf(), max_candidates=1, n_ctx=2048, max_step_tokens=64)
     assert back[0].text == fresh.generate(a + STEP, n=1, max_tokens=40, temperature=0.0, stop=STOP)[0].text
+    # the same prefixes again (a rerun of one search) replace their snapshots: the byte count is the
+    # sum of what the cache holds (it once kept counting replaced ones, until nothing could be cached)
+    for _ in range(3):
+        fresh.generate(build_prompt("What is 12 times 12?", few_shot=False), n=1, max_tokens=4, temperature=0.0, stop=STOP)
+        fresh.generate(a + STEP, n=1, max_tokens=4, temperature=0.0, stop=STOP)
+    cx = fresh.cx
+    assert len(cx.snapshots) >= 2 and cx.snapshot_bytes == sum(len(b) for b in cx.snapshots.values())
 
 
 def test_ppm_incremental_scores_equal_full_recompute(tmp_path, policy):

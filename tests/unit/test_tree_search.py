@@ -229,6 +229,23 @@ def test_a_branch_that_fills_the_context_window_ends_and_the_search_goes_on():
     assert tree.meta["stopped"] in (None, "search space exhausted")
 
 
+def test_steps_too_long_for_the_ppms_context_die_and_the_search_goes_on():
+    from rstar_app.models.base import ContextFull
+
+    class ShortPPM(TablePPM):  # a window the wordy step does not fit
+        def score(self, prefix, steps):
+            if any("once more" in st for st in steps):
+                raise ContextFull("12 tokens do not fit")
+            return super().score(prefix, steps)
+    wordy = code("# Step 1: " + "think it over once more, " * 20 + "\na = 2\n")
+    pol = ScriptedPolicy([[wordy, code("# Step 1: start\na = 2\n")], [final("# Now print\nprint(a + 3)\n")], [answer(5)]])
+    tree = run(PROBLEM, policy=pol, ppm=ShortPPM({}), executor=InProcessExecutor(),
+               config=SearchConfig(rollouts=4, candidates=2, seed=0))
+    full = [n for n in tree.nodes if "context window is full" in n.reason]
+    assert [n.text for n in full] == [wordy.text] and full[0].status == DEAD and full[0].value == -1.0
+    assert tree.answer == "5"  # its sibling, scored alone, went on
+
+
 def test_a_prompt_longer_than_the_context_window_returns_a_tree_without_answer():
     pol = ScriptedPolicy(_script())
     pol.n_ctx = 20
