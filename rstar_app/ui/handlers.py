@@ -190,6 +190,11 @@ class UI:
         s.revision += 1
         last_picker, n_picker = 0.0, -1
         try:
+            # nothing of the previous tree stays beside the new one: its node ids in the picker, the
+            # inspector, answer and downloads would describe another problem's tree
+            yield {c.status: "Starting the search…", c.picker: gr.update(choices=[], value=None),
+                   c.answer: answer_card(None), c.solution: solution_view(None),
+                   **self.inspector_out(None, None), **self.download_out(s, None)}
             for p in stream_search(self.holder, self.line, problem or "", config, s.stop,
                                    on_live=lambda m: setattr(s, "live", m)):
                 msg = p.message + (f"  \n{p.notice}" if p.notice else "")
@@ -204,11 +209,11 @@ class UI:
                 elif p.phase == "done" and p.tree is not None:
                     s.tree, s.live, s.running = p.tree, None, False
                     yield self.full_views(s, p.tree, msg, config.c_puct)
+                elif p.phase == "failed" and p.tree is not None:  # the partial tree becomes the open one,
+                    s.tree, s.live, s.running = p.tree, None, False  # so the inspector reads what is drawn
+                    yield self.full_views(s, p.tree, "⚠️ " + msg, config.c_puct)
                 elif p.final:
-                    out = {c.status: ("" if p.phase == "done" else "⚠️ ") + msg}
-                    if p.phase == "failed" and p.tree is not None:
-                        out[c.tree_view] = figure_json(p.tree, revision=self.revision(s))
-                    yield out
+                    yield {c.status: ("" if p.phase == "done" else "⚠️ ") + msg}
                 else:
                     yield {c.status: msg}
         finally:

@@ -242,8 +242,9 @@ def stream_search(holder: EngineHolder, line: SearchLine, problem: str, config: 
         if on_live is not None:
             on_live(mirror)
         started = time.monotonic()
-        worker = threading.Thread(target=work, name="rstar-search", daemon=True)
-        worker.start()
+        thread = threading.Thread(target=work, name="rstar-search", daemon=True)
+        thread.start()  # may raise (no threads left): then the finally below still leaves the line
+        worker = thread
         yield Progress("running", "Searching: starting…", mirror.tree, notice=notice)
         last_yield, dirty, finished = time.monotonic(), False, False
         while not finished:
