@@ -369,3 +369,11 @@ def test_a_bad_uploaded_trace_is_refused_with_a_message_and_the_page_goes_on(pag
     good = tmp_path / "good.json"
     good.write_text(_trace_text())
     assert page.upload_trace(str(good), None)[page.c.status].startswith("Opened an uploaded trace")
+
+
+def test_untrusted_text_cannot_make_the_viewers_browser_fetch_anything():
+    from rstar_app.ui.mdtext import prose
+    # a shared trace's problem or step text: no HTML tag, no Markdown image survives as such
+    text = prose('See <img src="http://host/t.png"> and ![x](http://host/t.png); $5 if x < 3')
+    assert "<img" not in text and "![" not in text
+    assert "\\$5" in text and "x < 3" in text  # money and comparisons read as before
