@@ -1,7 +1,8 @@
 """Answer extraction and equivalence.
 
 Numbers (the GSM8K / SVAMP / MultiArith case) are compared numerically: whole numbers exactly,
-others with a small relative tolerance (a printed float's rounding); anything else goes to math-verify, which understands LaTeX (fractions, roots, sets).
+others with a small relative tolerance (a printed float's rounding); anything else goes to
+math-verify, which understands LaTeX (fractions, roots, sets).
 math-verify parses a bare LaTeX gold such as `\\sqrt{117}` to nothing, so both sides are wrapped as
 `$\\boxed{...}$` first.
 """

@@ -189,16 +189,19 @@ class UI:
         s.running, s.stop = True, threading.Event()
         s.revision += 1
         last_picker, n_picker = 0.0, -1
+        # once the search runs, nothing of the previous tree stays beside the new one: its node ids
+        # in the picker, the inspector, answer and downloads would describe another problem's tree
+        # (a refused problem leaves them all as they were)
+        stale = {c.picker: gr.update(choices=[], value=None), c.answer: answer_card(None),
+                 c.solution: solution_view(None), **self.inspector_out(None, None), **self.download_out(s, None)}
         try:
-            # nothing of the previous tree stays beside the new one: its node ids in the picker, the
-            # inspector, answer and downloads would describe another problem's tree
-            yield {c.status: "Starting the search…", c.picker: gr.update(choices=[], value=None),
-                   c.answer: answer_card(None), c.solution: solution_view(None),
-                   **self.inspector_out(None, None), **self.download_out(s, None)}
             for p in stream_search(self.holder, self.line, problem or "", config, s.stop,
                                    on_live=lambda m: setattr(s, "live", m)):
                 msg = p.message + (f"  \n{p.notice}" if p.notice else "")
-                if p.phase == "running" and not p.changed:
+                if p.phase == "running" and stale:
+                    yield {c.status: msg, c.tree_view: figure_json(p.tree, revision=self.revision(s)), **stale}
+                    stale = {}
+                elif p.phase == "running" and not p.changed:
                     yield {c.status: msg}
                 elif p.phase == "running":
                     out = {c.status: msg, c.tree_view: figure_json(p.tree, revision=self.revision(s))}
