@@ -170,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # bad files etc. get a message, not a traceback
         from .models.llama_cpp import ModelFileError
+        from .sandbox.pool import SandboxUnavailable
         from .weights import WeightsError
-        if isinstance(e, (ModelFileError, WeightsError, ImportError)):
+        if isinstance(e, (ModelFileError, WeightsError, ImportError, SandboxUnavailable)):
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise

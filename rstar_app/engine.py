@@ -62,7 +62,9 @@ class Engine:
         """
         from .sandbox import Sandbox
 
-        w = load_weights(weights_dir) if not (policy_path and (ppm_head or no_ppm)) else None
+        # verify: the shipped files are ~23 MB (hashed in ~0.05 s); a corrupt adapter would otherwise
+        # load and quietly write nonsense
+        w = load_weights(weights_dir, verify=True) if not (policy_path and (ppm_head or no_ppm)) else None
         base = Path(policy_path) if policy_path else w.base
         adapter = policy_adapter if policy_path else (w.policy_adapter if w else None)
         shot = few_shot if few_shot is not None else (w.few_shot if w and not policy_path else adapter is None)

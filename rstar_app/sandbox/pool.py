@@ -187,6 +187,10 @@ class _Resources:
         shutil.rmtree(self.scratch_root, ignore_errors=True)
 
 
+class SandboxUnavailable(RuntimeError):
+    """This system cannot confine step programs (the sandbox needs Linux)."""
+
+
 class Sandbox:
     """Runs cumulative step programs in confined, disposable worker processes.
 
@@ -200,7 +204,9 @@ class Sandbox:
 
     def __init__(self, *, workers: int = 1, limits: SandboxLimits | None = None) -> None:
         if not sys.platform.startswith("linux"):
-            raise RuntimeError("the step sandbox needs Linux (prctl, seccomp, Landlock, /proc)")
+            raise SandboxUnavailable(
+                f"the step sandbox needs Linux (prctl, seccomp, Landlock, /proc), not {sys.platform}: searches "
+                "run their code there only; use a Linux machine, VM or container (opening traces works anywhere)")
         if not isinstance(workers, int) or not 1 <= workers <= 64:
             raise ValueError(f"workers must be an integer in [1, 64], got {workers!r}")
         self.limits = limits if limits is not None else SandboxLimits()

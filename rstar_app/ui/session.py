@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -52,6 +52,7 @@ class SearchLine:
         self._cond = threading.Condition()
         self.served = 0
         self.rejected = 0
+        self.ended: Counter = Counter()  # how searches ended: "done", "cancelled", "time limit", ...
 
     def join(self) -> object:
         with self._cond:
@@ -94,8 +95,13 @@ class SearchLine:
     def snapshot(self) -> dict:
         with self._cond:
             n = len(self._line)
+            ended = dict(self.ended)
         return {"running": min(n, 1), "waiting": max(n - 1, 0), "max_waiting": self.max_waiting,
-                "served": self.served, "rejected_busy": self.rejected}
+                "served": self.served, "rejected_busy": self.rejected, "ended": ended}
+
+    def record_end(self, how: str) -> None:
+        with self._cond:
+            self.ended[how] += 1
 
 
 class EngineHolder:
@@ -121,7 +127,7 @@ class EngineHolder:
             self.engine = self._factory()
         except Exception as e:  # WeightsError / ModelFileError carry the file and the fix
             log.exception("loading the engine failed")
-            self.error = f"The model could not be loaded: {e}"
+            self.error = f"The solver could not start: {e}"
         finally:
             self._ready.set()
 
@@ -228,11 +234,14 @@ def stream_search(holder: EngineHolder, line: SearchLine, problem: str, config: 
         def work() -> None:
             try:
                 result["tree"] = engine.solve(problem, config, on_event=events.put, should_stop=should_stop)
+                line.record_end(result["tree"].meta.get("stopped") or "done")
             except ProblemError as e:
                 result["refused"] = str(e)
+                line.record_end("refused")
             except Exception as e:  # the app keeps serving; the log has the traceback
                 log.exception("search failed")
                 result["failed"] = f"The search failed: {type(e).__name__}: {e}"
+                line.record_end("failed")
             finally:
                 line.leave(ticket)
                 events.put(END)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, needs_benchmark_data
 
 PROBLEM = "Sara has 4 pens and buys 2 more. How many pens does she have?"
 
@@ -48,6 +48,7 @@ def test_missing_model_file_is_a_message_not_a_traceback(tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
 
 
+@needs_benchmark_data
 def test_eval_writes_per_problem_rows_and_resumes(tmp_path):
     args = ("eval", "--bench", "multiarith", "--strategy", "greedy", "--limit", "2", "--out", str(tmp_path),
             "--data", str(SHARED_DATA))
@@ -92,6 +93,7 @@ def test_eval_record_puts_the_summary_and_command_into_the_weights_manifest(tmp_
     assert m["policy"] == json.loads((ROOT / "weights" / "manifest.json").read_text())["policy"]
 
 
+@needs_benchmark_data
 def test_eval_save_trees_keeps_graded_trees_that_selection_rules_can_replay(tmp_path):
     r = cli("eval", "--bench", "multiarith", "--strategy", "majority", "--rollouts", "2", "--limit", "1",
             "--vote", "top-k", "--top-k-vote", "2", "--max-tokens", "600", "--out", str(tmp_path),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from proctable import proc_table
 
-from rstar_app.sandbox import ExecResult, Sandbox, SandboxLimits
+from rstar_app.sandbox import ExecResult, Sandbox, SandboxLimits, kernel
 from rstar_app.sandbox.cli import main as cli_main
 
 
@@ -136,6 +136,10 @@ def test_isolation_layers_are_reported(sb):
     sb.run(["pass\n"])
     iso = sb.isolation
     assert set(iso) >= {"landlock", "seccomp", "user"}
+    # the real workers confine themselves wherever the kernel can: a worker that stopped installing
+    # Landlock or seccomp would still pass the attack tests on the audit hook alone
+    assert iso["landlock"] == kernel.landlock_abi()
+    assert iso["seccomp"] is bool(kernel.Seccomp().prog)  # the filter exists for x86-64 only
     if os.geteuid() == 0:
         assert iso["user"] in ("nobody", "nocaps")
 
@@ -407,3 +411,27 @@ def test_warm_step_latency_is_small(sb):
     times.sort()
     # the target is <= 10 ms on an idle machine; leave room for a loaded CI box
     assert times[len(times) // 2] < 0.1, times
+
+
+# ------------------------------------------------------------------------------ program size, damaged cache
+
+def test_a_program_too_large_is_refused_before_any_worker_runs_it(plain):
+    from rstar_app.sandbox.pool import MAX_PROGRAM_CHARS, MAX_STEPS
+    many = plain.run(["x = 1\n"] * (MAX_STEPS + 1))
+    long = plain.run(["s = '" + "x" * MAX_PROGRAM_CHARS + "'\n"])
+    for r in (many, long):
+        assert not r.ok and r.kind == "forbidden" and "program too large" in r.error
+    assert plain.run(["x = 1\n"] * 10 + ["print(x)\n"]).stdout == "1\n"
+
+
+def test_a_snapshot_that_cannot_be_restored_is_dropped_and_the_program_rerun_from_scratch():
+    from rstar_app.sandbox.cache import Entry, prefix_keys
+    with Sandbox() as box:
+        first = box.run(["a = 20\n", "print(a)\n"])
+        keys = prefix_keys(["a = 20\n", "print(a)\n"])
+        k, entry = box._cache.longest(keys)
+        assert first.ok and k == 2 and entry is not None
+        box._cache.put(keys[-1], Entry(b"not a snapshot", entry.stdout, entry.cpu))  # damaged in place
+        r = box.run(["a = 20\n", "print(a)\n", "print(a + 1)\n"])
+        assert r.ok and r.stdout == "20\n21\n" and not r.cached   # ran again from the first step
+        assert box._cache.longest(keys[:2])[1] is None             # the damaged entry is gone

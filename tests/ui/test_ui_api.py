@@ -39,7 +39,7 @@ def test_real_search_returns_answer_solution_and_tree(client):
 
 
 def test_cancel_stops_the_search(client):
-    wait_idle(client)
+    before = wait_idle(client)["ended"].get("cancelled", 0)
     job = client.submit(PROBLEM, 64, 4, 2.0, 0.7, 1, 600, "mcts", api_name="/solve")
     deadline = time.monotonic() + TIMEOUT
     while client.predict(api_name="/status")["running"] == 0:  # wait until it really runs
@@ -47,9 +47,10 @@ def test_cancel_stops_the_search(client):
         time.sleep(0.5)
     time.sleep(2)
     job.cancel()
-    # the search ends at its next check (between steps): the line empties without 64 rollouts
+    # the search ends at its next check (between steps), as cancelled: not by its own 600 s limit,
+    # nor by finishing or exhausting its 64 rollouts
     st = wait_idle(client, timeout=TIMEOUT)
-    assert st["engine_ready"]
+    assert st["engine_ready"] and st["ended"].get("cancelled", 0) == before + 1, st["ended"]
 
 
 def _wait_for_output(job, needle: str, timeout: float = TIMEOUT) -> str:

@@ -219,8 +219,10 @@ def run_stream(holder, line, problem, config, stop):
 
 def test_stream_search_streams_then_returns_the_engine_tree():
     holder = EngineHolder(lambda: fake_engine())
-    out = run_stream(holder, SearchLine(), PROBLEM, SearchConfig(rollouts=4, candidates=3), threading.Event())
+    line = SearchLine()
+    out = run_stream(holder, line, PROBLEM, SearchConfig(rollouts=4, candidates=3), threading.Event())
     assert out[-1].phase == "done" and out[-1].tree.answer == "5"
+    assert line.snapshot()["ended"] == {out[-1].tree.meta.get("stopped") or "done": 1}
     assert any(p.phase == "running" and p.tree is not None for p in out[:-1])
 
 
@@ -244,7 +246,7 @@ def test_stop_cancels_and_keeps_the_partial_tree():
         if p.final:
             break
     assert p.phase == "done" and p.tree.meta["stopped"] == "cancelled" and len(p.tree.nodes) > 1
-    assert line.length == 0
+    assert line.length == 0 and line.snapshot()["ended"] == {"cancelled": 1}
 
 
 def test_closing_the_stream_stops_the_search_and_frees_the_line():
@@ -259,7 +261,7 @@ def test_closing_the_stream_stops_the_search_and_frees_the_line():
     deadline = time.monotonic() + 30
     while line.length and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert line.length == 0
+    assert line.length == 0 and line.snapshot()["ended"] == {"cancelled": 1}
 
 
 def test_waiting_searches_are_told_their_place_and_can_leave():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tests" / "unit"))  # the scripted fakes (fakes.py
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's; the installer checks the same name
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 START_TIMEOUT = 180  # the machine is slow and shared: never assert on speed, only wait generously

@@ -1,7 +1,10 @@
 """Pure pieces of the worker side: output capping, error messages, framing, the seccomp program."""
 
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -148,11 +151,22 @@ def test_seccomp_program_jumps_stay_inside_the_program():
     assert 1234 in denied                                  # tgkill only to itself
 
 
-def test_readable_by_others(tmp_path):
-    d = tmp_path / "d"
-    d.mkdir()
-    os.chmod(d, 0o755)
-    os.chmod(tmp_path, 0o700)
-    assert not kernel.readable_by_others(str(d))
-    os.chmod(tmp_path, 0o755)
-    assert kernel.readable_by_others(str(d)) == kernel.readable_by_others(str(tmp_path))
+def test_readable_by_others_needs_read_and_search_bits_up_to_the_root():
+    top = Path(tempfile.mkdtemp(dir="/tmp"))  # /tmp is 1777 on Linux; pytest's tmp_path is 0700
+    try:
+        d = top / "d"
+        d.mkdir()
+        os.chmod(top, 0o755)
+        os.chmod(d, 0o755)
+        assert kernel.readable_by_others(str(d))           # every ancestor searchable, d readable
+        os.chmod(d, 0o711)
+        assert not kernel.readable_by_others(str(d))       # searchable but not readable
+        os.chmod(d, 0o755)
+        os.chmod(top, 0o700)
+        assert not kernel.readable_by_others(str(d))       # a parent others cannot enter
+        os.chmod(top, 0o711)
+        assert kernel.readable_by_others(str(d))           # search bit alone suffices on a parent
+        assert not kernel.readable_by_others(str(top / "missing"))
+    finally:
+        os.chmod(top, 0o755)
+        shutil.rmtree(top)

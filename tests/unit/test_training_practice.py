@@ -4,6 +4,7 @@ import json
 import re
 from fractions import Fraction
 
+from conftest import needs_benchmark_data
 from rstar_app.eval import DEFAULT_DATA, load_bench
 from training import practice as P
 
@@ -41,6 +42,7 @@ def test_every_gold_matches_an_independent_reading_of_the_question():
         assert str(replay(r["question"])) == r["gold"], r
 
 
+@needs_benchmark_data
 def test_no_practice_problem_shares_a_long_phrase_with_an_eval_benchmark():
     def grams(text, n=8):
         w = re.findall(r"[a-z0-9]+", text.lower())

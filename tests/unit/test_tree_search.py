@@ -186,12 +186,18 @@ def test_cancel_returns_partial_tree():
     assert tree.events[-1].kind == "done"
 
 
-@pytest.mark.parametrize("strategy", ["greedy", "majority", "best_of_n", "beam"])
-def test_baselines_share_the_interface(strategy):
+@pytest.mark.parametrize("strategy,answers,answer", [
+    ("greedy", ["5"], "5"),                  # one path: the first candidate at every step
+    ("majority", ["5", "6", "6"], "6"),      # 4 samples, one dies on the broken step; most say 6
+    ("best_of_n", ["5", "6", "6"], "6"),     # the same samples; no selector: top-4 vote by value
+    ("beam", ["5", "5", "6", "6"], "5"),     # both beams' answers; the PPM-preferred branch wins
+])
+def test_baselines_share_the_interface(strategy, answers, answer):
     ppm = TablePPM({"a + 3": 0.8, "a * 3": -0.4})
     tree = run(PROBLEM, policy=ScriptedPolicy(_script()), ppm=ppm, executor=InProcessExecutor(),
                config=SearchConfig(strategy=strategy, rollouts=4, candidates=2, seed=0))
-    assert tree.answer in ("5", "6")
+    assert sorted(nd.answer for nd in tree.terminals()) == answers and tree.answer == answer
+    assert tree.meta["strategy"] == strategy and tree.nodes[tree.best_path[-1]].answer == answer
     assert all(tree.nodes[i].status != DEAD for i in tree.best_path)
 
 

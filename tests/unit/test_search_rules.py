@@ -1,0 +1,139 @@
+"""The rules a search applies while it grows, with a policy that writes exactly the scripted steps:
+MCTS closes what it has evaluated and stops when nothing is open, UCT follows the PPM's initial
+values, the seed reaches the policy, every dead-end rule of an expansion, code-error tolerance and
+beam search's cut."""
+
+from __future__ import annotations
+
+import pytest
+
+from fakes import InProcessExecutor, ScriptedPolicy, TablePPM, answer, code, final
+from rstar_app.config import SearchConfig
+from rstar_app.search import run
+from rstar_app.tree import DEAD, ERROR
+
+PROBLEM = "Ann has 2 apples and gets 3 more. How many?"
+
+
+class FixedPolicy(ScriptedPolicy):
+    """The first n scripted candidates for the prefix's depth, whatever the seed."""
+
+    def generate(self, prefix, *, n, **kw):
+        super().generate(prefix, n=n, **kw)  # records the call
+        depth = self.calls[-1][0]
+        options = self.by_depth[min(depth, len(self.by_depth) - 1)]
+        return [options[i % len(options)] for i in range(n)]
+
+
+def search(script, *, strategy="mcts", ppm=None, gold=None, **config):
+    config = {"rollouts": 10, "candidates": 1, "seed": 0, **config}
+    pol = FixedPolicy(script)
+    tree = run(PROBLEM, policy=pol, executor=InProcessExecutor(), ppm=ppm, gold=gold,
+               config=SearchConfig(strategy=strategy, **config))
+    return tree, pol
+
+
+def children(tree, node):
+    return [tree.nodes[i] for i in node.children]
+
+
+# -- MCTS control flow --
+
+def test_each_terminal_is_backed_up_once_and_the_search_ends_when_the_root_closes():
+    script = [[code("# Step 1: start\na = 2\n")], [final("# Print it\nprint(a + 3)\n")], [answer(5), answer(6)]]
+    tree, _ = search(script, candidates=2, gold="5", rollouts=10)
+    assert tree.meta["stopped"] == "search space exhausted" and tree.meta["stats"]["rollouts"] == 2
+    five, six = sorted(tree.terminals(), key=lambda nd: nd.answer)
+    assert (five.n, five.q, six.n, six.q) == (1, 1.0, 1, -1.0)   # +1 / -1 against the gold, once each
+    assert (tree.root.n, tree.root.q) == (2, 0.0)
+    assert tree.answer == "5"
+
+
+def test_uct_sends_the_first_rollout_down_the_branch_the_ppm_scores_higher():
+    script = [[code("# Step 1: plan A\nx = 2\n"), code("# Step 1: plan B\nx = 2\n")],
+              [final("# Print it\nprint(x + 3)\n")], [answer(5)]]
+    for good, bad in (("plan A", "plan B"), ("plan B", "plan A")):
+        tree, _ = search(script, candidates=2, rollouts=1, ppm=TablePPM({good: 0.9, bad: -0.9}))
+        grown = [nd for nd in children(tree, tree.root) if nd.children]
+        assert len(grown) == 1 and good in grown[0].text      # not simply the first child by id
+        assert grown[0].ppm == 0.9 and grown[0].n == 2          # PPM init (1 visit) + the rollout
+
+
+def test_the_search_seed_reaches_the_policy():
+    def seeds(seed):
+        pol = ScriptedPolicy([[code("# Step 1: start\na = 2\n")], [final("# Print\nprint(a + 3)\n")], [answer(5)]])
+        run(PROBLEM, policy=pol, executor=InProcessExecutor(), config=SearchConfig(rollouts=2, candidates=2, seed=seed))
+        return [s for _, _, s in pol.calls]
+    assert seeds(3) == seeds(3) and seeds(3) != seeds(4)
+    assert len(set(seeds(3))) == len(seeds(3))  # a different seed for every expansion
+
+
+# -- dead ends of an expansion --
+
+def test_an_answer_before_any_printed_result_is_dead_and_leaves_the_root_without_a_step():
+    tree, _ = search([[answer(5)]])
+    [guess] = children(tree, tree.root)
+    assert guess.status == DEAD and guess.reason == "answer before the program printed a result"
+    assert tree.root.status == DEAD and tree.root.reason == "no valid next step among the candidates"
+    assert tree.answer is None and tree.meta["stopped"] == "search space exhausted"
+
+
+def test_code_after_the_final_print_is_dead():
+    tree, _ = search([[final("# Print\nprint(5)\n")], [code("# more\ny = 1\n")]], rollouts=1)
+    [fin] = children(tree, tree.root)
+    [after] = children(tree, fin)
+    assert after.status == DEAD and after.reason == "code after the final answer was printed"
+    assert fin.output == "5\n" and fin.reason == "no valid next step among the candidates"  # nothing left under it
+
+
+def test_final_code_that_prints_nothing_is_dead():
+    tree, _ = search([[final("# Compute\nx = 5\n")]], rollouts=1)
+    [fin] = children(tree, tree.root)
+    assert fin.status == DEAD and fin.reason == "the final code printed nothing"
+
+
+def test_sibling_answers_that_are_equal_numbers_are_kept_once():
+    script = [[final("# Print\nprint(5)\n")], [answer(5), answer("5.0"), answer(6)]]
+    tree, _ = search(script, candidates=3, rollouts=1)
+    [fin] = children(tree, tree.root)
+    assert sorted(nd.answer for nd in children(tree, fin)) == ["5", "6"]
+
+
+def test_a_failed_step_stays_open_up_to_max_code_errors_and_its_code_is_not_rerun():
+    script = [[code("# Step 1: oops\na = 1 / 0\n")], [code("# Step 2: fix\na = 2\n")],
+              [final("# Print\nprint(a + 3)\n")], [answer(5)]]
+    tree, _ = search(script, max_code_errors=1, rollouts=1)
+    [err] = children(tree, tree.root)
+    assert err.status == ERROR and err.errors_in_row == 1 and "ZeroDivisionError" in err.error
+    assert tree.answer == "5"  # the program after it runs without the failed line
+    tree, _ = search(script, max_code_errors=0, rollouts=1)
+    [err] = children(tree, tree.root)
+    assert err.status == DEAD and err.reason.startswith("code failed: ZeroDivisionError")
+
+
+def test_a_second_failure_in_a_row_and_a_failing_final_step_are_dead():
+    bad = [code("# Step: oops\na = 1 / 0\n")]
+    tree, _ = search([bad, bad], max_code_errors=1, rollouts=1)
+    [first] = children(tree, tree.root)
+    [second] = children(tree, first)
+    assert second.status == DEAD and second.errors_in_row == 2 and second.reason.startswith("code failed")
+    assert first.errors_in_row == 1 and first.reason == "no valid next step among the candidates"
+    tree, _ = search([[final("# Print\nprint(1 / 0)\n")]], max_code_errors=3, rollouts=1)
+    [fin] = children(tree, tree.root)
+    assert fin.status == DEAD and fin.errors_in_row == 1   # a final step gets no second chance
+
+
+# -- beam search --
+
+def test_beam_keeps_the_best_children_by_ppm_and_needs_a_ppm():
+    script = [[code(f"# Step 1: option {k}\nx = {k}\n") for k in "123"], [final("# Print\nprint(x + 2)\n")],
+              [answer(3), answer(4), answer(5)]]
+    ppm = TablePPM({"option 1": -0.5, "option 2": 0.2, "option 3": 0.7})
+    tree, _ = search(script, strategy="beam", ppm=ppm, candidates=3, beam_width=2)
+    level1 = children(tree, tree.root)
+    expanded = sorted(nd.text.split("option ")[1][0] for nd in level1 if nd.children)
+    assert expanded == ["2", "3"]                                 # option 1 (lowest PPM) was cut
+    kept = {nd.id for nd in level1 if nd.children}
+    assert len(tree.terminals()) == 6 and all(tree.path(t)[1].id in kept for t in tree.terminals())
+    with pytest.raises(ValueError, match="beam search needs a PPM"):
+        search(script, strategy="beam", candidates=3, beam_width=2)
