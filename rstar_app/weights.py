@@ -76,7 +76,9 @@ def load_weights(directory: str | Path | None = None, *, verify: bool = False) -
     d = Path(directory) if directory else WEIGHTS_DIR
     mpath = d / "manifest.json"
     if not mpath.is_file():
-        raise WeightsError(f"no weights manifest at {mpath}: pass --weights DIR or a model path.")
+        hint = (" (weights/ lives in the repository: install from a clone with `python -m rstar_app.install`, "
+                "which installs it editable; a plain `pip install .` leaves it behind)") if d == WEIGHTS_DIR else ""
+        raise WeightsError(f"no weights manifest at {mpath}: pass --weights DIR or a model path.{hint}")
     try:
         m = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:
