@@ -17,6 +17,7 @@ shared model (one adapter per context), with
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -42,6 +43,23 @@ def _llama_cpp():
     return llama_cpp
 
 
+def default_threads(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may really use, at most 8: its affinity mask, capped by a cgroup v2 CPU
+    quota (a 2-CPU container on a 64-core host reports 64 in os.cpu_count(); 64 threads there would
+    crawl). Decoding gains little past 8 threads."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 2
+    try:
+        quota, period = Path(cgroup).read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, min(n, 8))
+
+
 class ModelFileError(RuntimeError):
     """A model/adapter file is missing or unreadable; the message names the file and the fix."""
 
@@ -49,7 +67,7 @@ class ModelFileError(RuntimeError):
 def load_model(path: str | os.PathLike, *, n_threads: int | None = None):
     """Load a GGUF once per process (cached); raises ModelFileError with a fix for bad files."""
     path = str(Path(path).expanduser().resolve())
-    n_threads = n_threads or min(os.cpu_count() or 2, 8)
+    n_threads = n_threads or default_threads()
     with _MODELS_LOCK:
         if (path, n_threads) in _MODELS:
             return _MODELS[(path, n_threads)]
@@ -88,7 +106,7 @@ class SeqContext:
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, n_seq
         cp.kv_unified = True  # without it siblings get "failed to find a memory slot"
-        cp.n_threads = cp.n_threads_batch = n_threads or min(os.cpu_count() or 2, 8)
+        cp.n_threads = cp.n_threads_batch = n_threads or default_threads()
         if embeddings:
             cp.embeddings = True
             cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE
