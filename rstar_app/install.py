@@ -168,8 +168,10 @@ def ensure_chromium() -> None:
         return
     if shutil.which("apt-get") and os.geteuid() == 0:
         subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        r = subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False,
+                           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        if r.returncode != 0 or not shutil.which("chromium"):  # e.g. Ubuntu's snap-only package
+            print("warning: apt-get could not install chromium; the browser tests (tests/ui) will skip")
     else:
         print("warning: no chromium found; install it (e.g. `sudo apt-get install chromium`) for tests/ui")
 
