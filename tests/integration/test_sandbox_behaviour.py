@@ -400,6 +400,7 @@ def test_cli_timeout_and_json(tmp_path, capsys):
     assert '"kind": "timeout"' in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a speed target: `rstar-app bench` reports it as a table row; timed here only on demand
 def test_warm_step_latency_is_small(sb):
     sb.run(["pass\n"])
     times = []
