@@ -32,6 +32,9 @@ def server():
             if proc.poll() is not None:
                 pytest.fail("llama_cpp.server exited at start-up")
             time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not answer within ~2-10 minutes of starting")
     yield url
     proc.terminate()
     proc.wait(timeout=30)
