@@ -274,6 +274,15 @@ _DENY_X86_64 = {
     "request_key": 249, "keyctl": 250, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
     "name_to_handle_at": 303, "open_by_handle_at": 304,
     "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    # file metadata, which Landlock does not cover: modes, owners, times, extended attributes
+    # (a worker in "nocaps" mode is still uid 0 and owns most files: chmod o+r /etc/shadow would
+    # work for code past the audit hook, and numpy's raw memory access can get past it)
+    "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452, "chown": 92, "fchown": 93,
+    "lchown": 94, "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
+    "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198,
+    "fremovexattr": 199, "setxattrat": 463, "removexattrat": 466,
+    # directories: a step needs none, and a 1,000-deep chain would defeat recursive cleanup
+    "mkdir": 83, "mkdirat": 258,
 }
 _NR_CLONE3, _NR_PRLIMIT64, _NR_TGKILL = 435, 302, 234
 

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +36,7 @@ from .cache import Entry, SnapshotCache, prefix_keys
 from .limits import KINDS, ExecResult, SandboxLimits
 from .protocol import FrameReader, ProtocolError, encode, write_all
 from .worker import STARTED, seconds_text
+from .zygote import remove_tree
 
 MAX_PROGRAM_CHARS = 1 << 20    # all steps together; a model never writes this much
 MAX_STEPS = 1024
@@ -184,7 +184,7 @@ class _Resources:
         if self.zygote is not None:
             self.zygote.close()
             self.zygote = None
-        shutil.rmtree(self.scratch_root, ignore_errors=True)
+        remove_tree(self.scratch_root)
 
 
 class SandboxUnavailable(RuntimeError):
@@ -383,7 +383,11 @@ class Sandbox:
                 or not (error is None or isinstance(error, str))):
             return {"kind": "crash", "stdout": "", "cpu": 0.0,
                     "error": "the worker sent a malformed result"}
-        if not isinstance(cpu, (int, float)) or not math.isfinite(cpu) or cpu < 0:
+        try:  # a forged int of 400 digits would raise OverflowError in isfinite
+            cpu = float(cpu) if type(cpu) in (int, float) else math.nan
+        except OverflowError:
+            cpu = math.nan
+        if not math.isfinite(cpu) or cpu < 0:
             cpu = self.limits.cpu_seconds
         if kind == "ok":
             error = None

@@ -79,8 +79,8 @@ class FrameReader:
             return None
         try:
             header = json.loads(bytes(buf[4:4 + hlen]).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise ProtocolError(f"malformed header: {e}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # '[[[[...' nests past the stack
+            raise ProtocolError(f"malformed header: {type(e).__name__}") from None
         if not isinstance(header, dict):
             raise ProtocolError("header is not an object")
         blob = bytes(buf[8 + hlen:end])

@@ -31,6 +31,15 @@ import sys
 import tempfile
 from collections import deque
 
+def remove_tree(path: str) -> None:
+    """Delete a scratch directory, never raising: a program may leave anything there (the seccomp
+    filter refuses mkdir, but cleanup must not be what takes the zygote down if that ever slips)."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except Exception:  # RecursionError on a very deep tree: shutil.rmtree recurses in 3.11
+        pass
+
+
 # The step allow-list plus what those libraries import lazily on common paths (measured):
 # imported here once instead of being compiled from source in every worker.
 PRELOAD = (
@@ -141,7 +150,7 @@ class Zygote:
             _kill(pid)
             if reply:
                 status = _wait(pid)
-                shutil.rmtree(w.scratch, ignore_errors=True)
+                remove_tree(w.scratch)
             else:  # wait later, when idle: the parent is not waiting for this
                 self.pending[pid] = w.scratch
         if reply:
@@ -152,12 +161,12 @@ class Zygote:
         _wait(w.pid)
         for fd in (w.req_w, w.res_r):
             _close(fd)
-        shutil.rmtree(w.scratch, ignore_errors=True)
+        remove_tree(w.scratch)
 
     def finish_pending(self) -> None:
         for pid, scratch in self.pending.items():
             _wait(pid)
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_tree(scratch)
         self.pending.clear()
 
     def serve(self) -> str:
@@ -194,7 +203,7 @@ class Zygote:
         for pid, w in list(self.taken.items()):
             _kill(pid)
             _wait(pid)
-            shutil.rmtree(w.scratch, ignore_errors=True)
+            remove_tree(w.scratch)
         self.finish_pending()
 
 
@@ -236,4 +245,4 @@ def main() -> None:
     finally:
         zygote.shutdown()
         if reason != "exit":  # the parent died without cleaning up: do it for it
-            shutil.rmtree(cfg["scratch_root"], ignore_errors=True)
+            remove_tree(cfg["scratch_root"])

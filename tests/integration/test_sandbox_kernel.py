@@ -23,6 +23,8 @@ SCRIPT = textwrap.dedent("""
     from rstar_app.sandbox import kernel, pool
     roots = pool.read_roots()
     scratch = tempfile.mkdtemp()
+    fd, victim = tempfile.mkstemp(prefix="rstar-kernel-victim-")  # outside scratch, ours, mode 0600
+    os.close(fd)
     seccomp = kernel.Seccomp()
     mode = kernel.privilege_mode(roots)
     if mode == "nobody":
@@ -34,7 +36,7 @@ SCRIPT = textwrap.dedent("""
     kernel.drop_privileges(mode)
     sec = seccomp.install(os.getpid())
     out = {"abi": abi, "seccomp": sec, "mode": mode, "uid": os.getuid(),
-           "capeff": kernel._cap_eff()}
+           "capeff": kernel._cap_eff(), "victim": victim}
 
     def attempt(name, fn):
         try:
@@ -72,6 +74,11 @@ SCRIPT = textwrap.dedent("""
     attempt("write_scratch", lambda: open(scratch + "/f", "w").write("ok"))
     attempt("huge_file", lambda: open(scratch + "/g", "wb").write(b"x" * (1 << 17)))
     attempt("read_python", lambda: open(os.__file__).read(10))
+    # file metadata, which Landlock does not cover
+    attempt("chmod_outside", lambda: os.chmod(victim, 0o666))
+    attempt("utime_outside", lambda: os.utime(victim, (0, 0)))
+    attempt("setxattr_outside", lambda: os.setxattr(victim, "user.pwned", b"1"))
+    attempt("mkdir_scratch", lambda: os.mkdir(scratch + "/d"))
     print(json.dumps(out))
 """)
 
@@ -92,6 +99,19 @@ def test_seccomp_blocks_network_processes_and_signals(confined):
     for name in ("socket_inet", "socket_unix", "fork", "exec", "kill_parent"):
         assert confined[name] == "EPERM", (name, confined)
     assert confined["thread"] == "RuntimeError"  # clone refused: "can't start new thread"
+
+
+def test_seccomp_blocks_file_metadata_changes_and_new_directories(confined):
+    victim = Path(confined["victim"])
+    try:
+        if not confined["seccomp"]:
+            pytest.skip("seccomp filter not available on this architecture/kernel")
+        for name in ("chmod_outside", "utime_outside", "setxattr_outside", "mkdir_scratch"):
+            assert confined[name] == "EPERM", (name, confined)
+        st = victim.stat()
+        assert st.st_mode & 0o777 == 0o600 and st.st_mtime > 0
+    finally:
+        victim.unlink(missing_ok=True)
 
 
 def test_landlock_blocks_files_outside_scratch(confined):

@@ -146,7 +146,7 @@ def test_seccomp_program_jumps_stay_inside_the_program():
     assert prog[2] == (0x06, 0, 0, 0x80000000)             # wrong arch: kill the process
     denied = {k for code, _, _, k in prog if code == 0x15}
     for name in ("socket", "connect", "clone", "fork", "vfork", "execve", "ptrace", "kill",
-                 "mount", "bpf", "io_uring_setup"):
+                 "mount", "bpf", "io_uring_setup", "chmod", "fchmodat", "utimensat", "setxattr", "mkdir"):
         assert kernel._DENY_X86_64[name] in denied
     assert 1234 in denied                                  # tgkill only to itself
 
