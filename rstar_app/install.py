@@ -70,7 +70,8 @@ def pip(*args: str, env: dict | None = None) -> None:
 def check_python_env() -> None:
     """Refuse early where pip would refuse later: a distribution's Python marked externally managed."""
     marker = Path(sysconfig.get_path("stdlib")) / "EXTERNALLY-MANAGED"
-    if sys.prefix == sys.base_prefix and marker.exists():
+    overridden = os.environ.get("PIP_BREAK_SYSTEM_PACKAGES", "").lower() in ("1", "true", "yes", "on")
+    if sys.prefix == sys.base_prefix and marker.exists() and not overridden:
         raise InstallError(
             f"error: {sys.executable} is the system's Python, which refuses pip installs (PEP 668).\n"
             "Make a virtual environment and install there:\n"
@@ -106,13 +107,17 @@ def llama_works(run=subprocess.run) -> bool:
         print("llama.cpp smoke test did not finish in 300 s", flush=True)
         return False
     want = LLAMA.split("==")[1]
-    if r.returncode == 0 and f"llama_cpp {want}" not in r.stdout:
-        have = r.stdout.split("\n")[0]
-        print(f"{have} is installed; this project pins {want}: rebuilding", flush=True)
+    have = (r.stdout.splitlines() or [""])[0].strip()
+    if r.returncode == 0 and have != f"llama_cpp {want}":
+        print(f"{have or 'another llama_cpp'} is installed; this project pins {want}: rebuilding", flush=True)
         return False
     if r.returncode < 0:  # killed by a signal: SIGILL is an instruction this CPU does not have
-        sig = signal.Signals(-r.returncode).name if -r.returncode in signal.valid_signals() else -r.returncode
-        print(f"llama.cpp smoke test crashed with {sig}" + (" (an instruction this CPU lacks)" if sig == "SIGILL" else ""))
+        try:
+            sig = signal.Signals(-r.returncode).name
+        except ValueError:  # a realtime signal has no name
+            sig = f"signal {-r.returncode}"
+        print(f"llama.cpp smoke test crashed with {sig}" + (" (an instruction this CPU lacks)" if sig == "SIGILL" else ""),
+              flush=True)
         return False
     print(r.stdout.strip() or (f"llama.cpp smoke test failed (exit {r.returncode}): " + r.stderr.strip()[-400:]))
     return r.returncode == 0

@@ -51,19 +51,34 @@ def _run_returning(rc: int, stdout: str):
     return run
 
 
-def test_a_build_of_another_version_is_not_a_working_build(capsys):
+@pytest.fixture()
+def llama_present(monkeypatch):
+    """As if llama-cpp-python were installed (whether or not it is here): only the smoke run is faked."""
+    monkeypatch.setattr(install.importlib.util, "find_spec", lambda name: object())
+
+
+def test_a_build_of_another_version_is_not_a_working_build(capsys, llama_present):
     want = install.LLAMA.split("==")[1]
     assert install.llama_works(run=_run_returning(0, f"llama_cpp {want}\nsmoke ok: ' 2'\n"))
-    assert not install.llama_works(run=_run_returning(0, "llama_cpp 0.2.90\nsmoke ok: ' 2'\n"))
+    for other in ("0.2.90", want + "1"):  # 0.3.361 must not pass for 0.3.36
+        assert not install.llama_works(run=_run_returning(0, f"llama_cpp {other}\nsmoke ok: ' 2'\n"))
     assert "pins " + want in capsys.readouterr().out
 
 
-def test_a_crash_by_signal_is_reported_by_name(capsys):
+def test_a_missing_package_is_not_run_at_all(monkeypatch, capsys):
+    monkeypatch.setattr(install.importlib.util, "find_spec", lambda name: None)
+    assert not install.llama_works(run=lambda *a, **k: pytest.fail("ran a smoke test without llama_cpp"))
+    assert "not installed yet" in capsys.readouterr().out
+
+
+def test_a_crash_by_signal_is_reported_by_name(capsys, llama_present):
     assert not install.llama_works(run=_run_returning(-4, ""))
     assert "SIGILL" in capsys.readouterr().out
+    assert not install.llama_works(run=_run_returning(-40, ""))  # a realtime signal: no name, no traceback
+    assert "signal 40" in capsys.readouterr().out
 
 
-def test_a_smoke_test_that_hangs_is_a_failure_not_a_traceback(capsys):
+def test_a_smoke_test_that_hangs_is_a_failure_not_a_traceback(capsys, llama_present):
     def run(cmd, **kw):
         raise subprocess.TimeoutExpired(cmd, kw.get("timeout"))
     assert not install.llama_works(run=run)
@@ -76,6 +91,9 @@ def test_an_externally_managed_system_python_is_refused_with_the_venv_recipe(mon
     monkeypatch.setattr(sys, "base_prefix", sys.prefix)
     with pytest.raises(SystemExit, match="python3 -m venv"):
         install.check_python_env()
+    monkeypatch.setenv("PIP_BREAK_SYSTEM_PACKAGES", "1")         # the user overrides PEP 668, as pip allows
+    install.check_python_env()
+    monkeypatch.delenv("PIP_BREAK_SYSTEM_PACKAGES")
     monkeypatch.setattr(sys, "base_prefix", "/somewhere/else")  # a virtual environment: fine
     install.check_python_env()
 
