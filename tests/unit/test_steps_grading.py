@@ -108,3 +108,23 @@ def test_boxed_extraction_handles_nesting():
 ])
 def test_same_answer(a, b, eq):
     assert same_answer(a, b) is eq
+
+
+def test_symbolic_answers_are_graded_in_worker_threads():
+    """The web app grades in worker threads, where math-verify's SIGALRM timeouts cannot run: the
+    symbolic path must still answer there (a missing answer is never right)."""
+    import threading
+
+    from rstar_app.grading import is_correct
+    cases = [("\\frac{1}{2}", "0.5", True), ("2\\sqrt{2}", "\\sqrt{8}", True), ("x + 1", "1 + x", True),
+             ("\\frac{1}{3}", "0.5", False)]
+    got = {}
+
+    def grade():
+        got["thread"] = [same_answer(a, b) for a, b, _ in cases]
+    t = threading.Thread(target=grade)
+    t.start()
+    t.join(timeout=120)
+    assert got["thread"] == [eq for _, _, eq in cases]
+    assert is_correct(None, "5") is False and is_correct("5", None) is False
+    assert is_correct("5.0", "5") and not is_correct("6", "5")
