@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, SHARED_DATA, needs_benchmark_data
+from rstar_app.weights import sha256
 
 PROBLEM = "Sara has 4 pens and buys 2 more. How many pens does she have?"
 
@@ -70,7 +71,10 @@ def test_eval_writes_per_problem_rows_and_resumes(tmp_path):
     other = tmp_path / "weights-copy"
     shutil.copytree(ROOT / "weights", other)
     sel = next(other.glob("selector-*.json"))
-    sel.write_text(json.dumps(json.loads(sel.read_text()), indent=3))  # same rule, other bytes
+    sel.write_text(json.dumps(json.loads(sel.read_text()), indent=3))  # same rule, other bytes, published
+    m = json.loads((other / "manifest.json").read_text())                # with their sha256 (else the
+    m["ppm"]["sha256"]["selector"] = sha256(sel)                          # engine refuses the file)
+    (other / "manifest.json").write_text(json.dumps(m))
     before = jsonl.read_text()
     r = cli(*args, "--weights", str(other))
     assert r.returncode == 2 and "other model files" in r.stderr and "Traceback" not in r.stderr
