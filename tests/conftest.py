@@ -9,7 +9,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 SHARED_DATA = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
                    ROOT.parent / "shared" / "data")
-# The benchmark files sit beside the repository on the project's machines, not in it (licences):
-# elsewhere the few tests that read them skip, saying why.
-needs_benchmark_data = pytest.mark.skipif(not SHARED_DATA.is_dir(),
-                                          reason=f"benchmark data not found at {SHARED_DATA} (README: Data and licences)")
+
+
+@pytest.fixture()
+def benchmark_data() -> Path:
+    """The benchmark files' directory. They sit beside the repository on the project's machines, not
+    in it (licences): elsewhere the few tests that read them skip, saying why. A fixture, not an
+    import: `from conftest import` in a full run may resolve to another directory's conftest."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"benchmark data not found at {SHARED_DATA} (README: Data and licences)")
+    return SHARED_DATA

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SHARED_DATA, needs_benchmark_data
+from conftest import ROOT
 from rstar_app.weights import sha256
 
 PROBLEM = "Sara has 4 pens and buys 2 more. How many pens does she have?"
@@ -49,10 +49,9 @@ def test_missing_model_file_is_a_message_not_a_traceback(tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
 
 
-@needs_benchmark_data
-def test_eval_writes_per_problem_rows_and_resumes(tmp_path):
+def test_eval_writes_per_problem_rows_and_resumes(tmp_path, benchmark_data):
     args = ("eval", "--bench", "multiarith", "--strategy", "greedy", "--limit", "2", "--out", str(tmp_path),
-            "--data", str(SHARED_DATA))
+            "--data", str(benchmark_data))
     r = cli(*args)
     assert r.returncode == 0, r.stderr[-2000:]
     [jsonl] = tmp_path.glob("*.jsonl")
@@ -97,11 +96,10 @@ def test_eval_record_puts_the_summary_and_command_into_the_weights_manifest(tmp_
     assert m["policy"] == json.loads((ROOT / "weights" / "manifest.json").read_text())["policy"]
 
 
-@needs_benchmark_data
-def test_eval_save_trees_keeps_graded_trees_that_selection_rules_can_replay(tmp_path):
+def test_eval_save_trees_keeps_graded_trees_that_selection_rules_can_replay(tmp_path, benchmark_data):
     r = cli("eval", "--bench", "multiarith", "--strategy", "majority", "--rollouts", "2", "--limit", "1",
             "--vote", "top-k", "--top-k-vote", "2", "--max-tokens", "600", "--out", str(tmp_path),
-            "--data", str(SHARED_DATA), "--save-trees")
+            "--data", str(benchmark_data), "--save-trees")
     assert r.returncode == 0, r.stderr[-2000:]
     [trees] = tmp_path.glob("*-v2-*.trees")          # a non-default vote is part of the run name
     [path] = trees.glob("*.json")
@@ -120,7 +118,7 @@ def test_eval_save_trees_keeps_graded_trees_that_selection_rules_can_replay(tmp_
     # source's answer (majority counts every terminal)
     for vote, suffix in ((["--vote", "ppm-weighted"], "vppm"), ([], "vsel"), (["--vote", "top-k", "--top-k-vote", "2"], "v2")):
         r = cli("eval", "--bench", "multiarith", "--limit", "1", *vote, "--out", str(tmp_path / "rv"),
-                "--data", str(SHARED_DATA), "--from-trees", str(trees))
+                "--data", str(benchmark_data), "--from-trees", str(trees))
         assert r.returncode == 0, r.stderr[-2000:]
         [rv] = [json.loads(l) for l in (tmp_path / "rv" / f"{trees.stem}-rv-{suffix}.jsonl").read_text().splitlines()]
         assert rv["tokens"] == row["tokens"] and rv["in_tree"] == row["in_tree"]

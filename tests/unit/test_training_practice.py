@@ -4,9 +4,7 @@ import json
 import re
 from fractions import Fraction
 
-import pytest
-
-from rstar_app.eval import DEFAULT_DATA, load_bench
+from rstar_app.eval import load_bench
 from training import practice as P
 
 
@@ -43,15 +41,13 @@ def test_every_gold_matches_an_independent_reading_of_the_question():
         assert str(replay(r["question"])) == r["gold"], r
 
 
-@pytest.mark.skipif(not DEFAULT_DATA.is_dir(),
-                    reason=f"benchmark data not found at {DEFAULT_DATA} (README: Data and licences)")
-def test_no_practice_problem_shares_a_long_phrase_with_an_eval_benchmark():
+def test_no_practice_problem_shares_a_long_phrase_with_an_eval_benchmark(benchmark_data):
     def grams(text, n=8):
         w = re.findall(r"[a-z0-9]+", text.lower())
         return {" ".join(w[i:i + n]) for i in range(len(w) - n + 1)}
     bench = set()
     for name in ("gsm8k", "svamp", "multiarith"):
-        for it in load_bench(name, DEFAULT_DATA):
+        for it in load_bench(name, benchmark_data):
             bench |= grams(it["question"])
     ours = set().union(*(grams(r["question"]) for r in P.generate(300)))
     assert not ours & bench
