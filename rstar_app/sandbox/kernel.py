@@ -195,6 +195,16 @@ def landlock_abi() -> int:
         return 0
 
 
+def seccomp_filters_available() -> bool:
+    """Whether a worker here can install the filter: x86-64 (the only syscall table below) and a
+    kernel with seccomp filter mode (it lists Seccomp_filters in /proc/<pid>/status)."""
+    try:
+        with open("/proc/self/status") as f:
+            return _X86_64 and "Seccomp_filters:" in f.read()
+    except OSError:
+        return False
+
+
 def landlock(read_dirs: list[str], write_dirs: list[str]) -> int:
     """Restrict this process (and anything it could ever start) to the given directories.
 
