@@ -31,15 +31,6 @@ import sys
 import tempfile
 from collections import deque
 
-def remove_tree(path: str) -> None:
-    """Delete a scratch directory, never raising: a program may leave anything there (the seccomp
-    filter refuses mkdir, but cleanup must not be what takes the zygote down if that ever slips)."""
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    except Exception:  # RecursionError on a very deep tree: shutil.rmtree recurses in 3.11
-        pass
-
-
 # The step allow-list plus what those libraries import lazily on common paths (measured):
 # imported here once instead of being compiled from source in every worker.
 PRELOAD = (
@@ -71,6 +62,15 @@ class _Worker:
 
     def __init__(self, pid: int, req_w: int, res_r: int, scratch: str) -> None:
         self.pid, self.req_w, self.res_r, self.scratch = pid, req_w, res_r, scratch
+
+
+def remove_tree(path: str) -> None:
+    """Delete a scratch directory, never raising: a program may leave anything there (the seccomp
+    filter refuses mkdir, but cleanup must not be what takes the zygote down if that ever slips)."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except Exception:  # RecursionError on a very deep tree: shutil.rmtree recurses in 3.11
+        pass
 
 
 def _warm_up(cfg: dict) -> None:
