@@ -43,21 +43,61 @@ def _llama_cpp():
     return llama_cpp
 
 
-def default_threads(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:
-    """CPUs this process may really use, at most 8: its affinity mask, capped by a cgroup v2 CPU
-    quota (a 2-CPU container on a 64-core host reports 64 in os.cpu_count(); 64 threads there would
+def default_threads(cgroup_root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> int:
+    """CPUs this process may really use, at most 8: its affinity mask, capped by a cgroup CPU quota
+    (a 2-CPU container on a 64-core host reports 64 in os.cpu_count(); 64 threads there would
     crawl). Decoding gains little past 8 threads."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         n = os.cpu_count() or 2
-    try:
-        quota, period = Path(cgroup).read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
+    quota = cgroup_cpu_quota(cgroup_root, self_cgroup)
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
     return max(1, min(n, 8))
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> float | None:
+    """CPUs' worth of time per period that this process's cgroups allow (the tightest quota of its
+    cgroup and every ancestor, cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us`), None without one.
+
+    A container usually sees its own cgroup as the root of the mount; a systemd slice or a v1 host
+    without a cgroup namespace puts it at the path /proc/self/cgroup names, so both are read."""
+    base = Path(root)
+    try:
+        lines = Path(self_cgroup).read_text().splitlines()
+    except OSError:
+        lines = []
+    places = [(base, "v2")]  # the mount root: a container's own cgroup under a cgroup namespace
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        rel = [p for p in path.split("/") if p and p not in (".", "..")]
+        if controllers == "":  # v2 unified hierarchy ("0::/user.slice/...")
+            mounts = [(base, "v2"), (base / "unified", "v2")]
+        elif "cpu" in controllers.split(","):  # v1 ("4:cpu,cpuacct:/docker/<id>")
+            mounts = [(base / controllers, "v1"), (base / "cpu", "v1")]
+        else:
+            continue
+        for mount, kind in mounts:
+            places += [(mount.joinpath(*rel[:i]), kind) for i in range(len(rel) + 1)]
+    quotas = [q for q in (_read_quota(d, kind) for d, kind in dict.fromkeys(places)) if q is not None]
+    return min(quotas) if quotas else None
+
+
+def _read_quota(directory: Path, kind: str) -> float | None:
+    """One cgroup's CPU quota in CPUs, None when it has none or the files are absent/unreadable."""
+    try:
+        if kind == "v2":
+            quota, period = (directory / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
+        return None if quota < 0 else quota / period
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
 
 
 class ModelFileError(RuntimeError):
