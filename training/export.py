@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -28,7 +27,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from training.common import atomic_write_json, base_gguf_path, command_line, resolve_base, sha256_file  # noqa: E402
+from training.common import atomic_path, atomic_write_json, base_gguf_path, command_line, resolve_base, sha256_file  # noqa: E402
 
 HF_TO_GGUF = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -203,13 +202,6 @@ def as_peft_dir(adapter: str | os.PathLike, cache_dir: str | os.PathLike, *, bas
 # writing
 # ---------------------------------------------------------------------------------------------
 
-def _atomic_target(out: Path) -> str:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix="." + out.name + ".", suffix=".tmp")
-    os.close(fd)
-    return tmp
-
-
 def write_lora_gguf(out: str | os.PathLike, pairs: dict[str, tuple[np.ndarray, np.ndarray]], *,
                     arch: str, alpha: float, n_head: int, n_head_kv: int, dtype: str = "f16",
                     name: str = "rstar-app LoRA", extra_kv: dict | None = None) -> Path:
@@ -217,8 +209,7 @@ def write_lora_gguf(out: str | os.PathLike, pairs: dict[str, tuple[np.ndarray, n
     import gguf
     out = Path(out)
     np_dtype = {"f16": np.float16, "f32": np.float32}[dtype]
-    tmp = _atomic_target(out)
-    try:
+    with atomic_path(out, mode=0o644) as tmp:
         w = gguf.GGUFWriter(tmp, arch=arch)
         w.add_type(gguf.GGUFType.ADAPTER)
         w.add_name(name)
@@ -241,11 +232,6 @@ def write_lora_gguf(out: str | os.PathLike, pairs: dict[str, tuple[np.ndarray, n
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 
@@ -284,17 +270,8 @@ def export_value_head(weight, bias, out: str | os.PathLike, *, meta: dict | None
     md = {"format": "rstar-app-value-head", "version": 1, "hidden": int(w.shape[0]),
           "activation": "tanh", "input": "final-norm hidden state of the last token", **(meta or {})}
     out = Path(out)
-    tmp = _atomic_target(out)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, weight=w, bias=b, meta=np.array(json.dumps(md, default=str)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out, mode=0o644) as tmp, open(tmp, "wb") as f:
+        np.savez(f, weight=w, bias=b, meta=np.array(json.dumps(md, default=str)))
     return out
 
 

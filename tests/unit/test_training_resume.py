@@ -4,11 +4,12 @@ import argparse
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from training import loop
-from training.common import atomic_write_bytes, iter_jsonl, read_jsonl
+from training.common import atomic_path, atomic_write_bytes, iter_jsonl, read_jsonl
 
 
 def test_batch_order_is_a_pure_function_of_seed_and_epoch():
@@ -52,6 +53,20 @@ def test_atomic_write_never_leaves_half_files(tmp_path):
         atomic_write_bytes(p, object())  # fails mid-write
     assert p.read_bytes() == b"one"
     assert [x.name for x in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_atomic_path_renames_only_a_finished_file_with_the_mode_asked(tmp_path):
+    p = tmp_path / "sub" / "adapter.gguf"
+    with atomic_path(p, mode=0o644) as tmp:
+        assert Path(tmp).parent == p.parent and not p.exists()
+        Path(tmp).write_bytes(b"new")
+    assert p.read_bytes() == b"new" and (p.stat().st_mode & 0o777) == 0o644
+    with pytest.raises(RuntimeError):
+        with atomic_path(p) as tmp:
+            Path(tmp).write_bytes(b"half")
+            raise RuntimeError("writer died")
+    assert p.read_bytes() == b"new"
+    assert [x.name for x in p.parent.iterdir()] == ["adapter.gguf"]
 
 
 def test_torn_jsonl_line_dropped(tmp_path):
