@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .tree import VOTE_RULES
 
-STRATEGIES = ("mcts", "greedy", "best_of_n", "majority", "beam")
+STRATEGIES = ("mcts", "mcts_sim", "greedy", "best_of_n", "majority", "beam")
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from ..selector import Selector
 from ..steps import build_prompt
 from ..tree import Event, Tree
 from .common import Search
-from .mcts import mcts
+from .mcts import mcts, mcts_sim
 from .sampling import VOTE_TOP_K, best_of_n, majority
 from .simple import beam, greedy
 
 STRATEGIES: dict[str, Callable[[Search], Tree]] = {
-    "mcts": mcts, "greedy": greedy, "majority": majority, "best_of_n": best_of_n, "beam": beam,
+    "mcts": mcts, "mcts_sim": mcts_sim, "greedy": greedy, "majority": majority, "best_of_n": best_of_n, "beam": beam,
 }
 
 

@@ -136,7 +136,11 @@ class Search:
         """Parse generated candidates for `node` (prefix = its text), drop duplicate siblings, run
         their code, PPM-score the survivors and add them all to the tree; returns the live ones."""
         tree = self.tree if tree is None else tree
-        seen_text, seen_answers, new = set(), [], []
+        # siblings already under `node` count as seen (a node expanded twice, see mcts_sim)
+        old = [tree.nodes[i] for i in node.children]
+        seen_text = {" ".join(o.text.split()) for o in old}
+        seen_answers = [o.answer for o in old if o.kind == "answer"]
+        new: list[Node] = []
         stop: Exception | None = None
         for cd in cands:
             step = parse_step(cd.text, cd.stop)

@@ -121,7 +121,10 @@ def build(holder: EngineHolder, *, max_waiting: int = 4) -> tuple[gr.Blocks, UI]
                     elem_classes="rstar-teacher")
                 with gr.Accordion("Settings", open=False, elem_classes="rstar-teacher"):
                     with gr.Row():
-                        c.strategy = gr.Dropdown(list(STRATEGIES), value=DEFAULTS["strategy"], label="Strategy")
+                        c.strategy = gr.Dropdown(list(STRATEGIES), value=DEFAULTS["strategy"], label="Strategy",
+                                                 info="mcts: rStar-Math's tree search; mcts_sim: the same, rollouts "
+                                                      "finished by sampling; best_of_n / majority: independent "
+                                                      "samples; beam: step-level beam search")
                         c.rollouts = gr.Slider(*LIMITS["rollouts"], value=DEFAULTS["rollouts"], step=1, label="Rollouts")
                         c.candidates = gr.Slider(*LIMITS["candidates"], value=DEFAULTS["candidates"], step=1,
                                                  label="Candidates per step")

@@ -13,7 +13,7 @@ from rstar_app.tree import Tree
 PROBLEM = "Ann has 2 apples and gets 3 more. How many?"
 # every Event.kind a search emits (tree.Event); checked against a full run below
 EVENT_KINDS = ("node", "update", "rollout", "done")
-STRATEGIES = ("mcts", "majority", "best_of_n", "beam")  # tree search, independent samples, levels
+STRATEGIES = ("mcts", "mcts_sim", "majority", "best_of_n", "beam")  # tree searches, independent samples, levels
 # events per strategy: samples are grafted onto the tree with their final values, so a majority
 # vote (no PPM, no backups) changes no node after it appears
 KINDS = {st: EVENT_KINDS if st != "majority" else ("node", "rollout", "done") for st in STRATEGIES}

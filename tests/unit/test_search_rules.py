@@ -123,6 +123,78 @@ def test_a_second_failure_in_a_row_and_a_failing_final_step_are_dead():
     assert fin.status == DEAD and fin.errors_in_row == 1   # a final step gets no second chance
 
 
+# -- MCTS finishing rollouts by simulation (mcts_sim) --
+
+def _plans(k):
+    return [code(f"# Step 1: plan {i}\nx = {i}\n") for i in range(k)]
+
+
+class CyclingPolicy(ScriptedPolicy):
+    """Each call at a depth continues where the last call at that depth stopped in the scripted
+    options, as a sampler drawing new steps would."""
+
+    def generate(self, prefix, *, n, **kw):
+        super().generate(prefix, n=n, **kw)  # records the call
+        depth = self.calls[-1][0]
+        options = self.by_depth[min(depth, len(self.by_depth) - 1)]
+        self.next = getattr(self, "next", {})
+        start = self.next.get(depth, 0)
+        self.next[depth] = start + n
+        return [options[(start + i) % len(options)] for i in range(n)]
+
+
+def sim_search(script, **config):
+    pol = CyclingPolicy(script)
+    tree = run(PROBLEM, policy=pol, executor=InProcessExecutor(), gold=config.pop("gold", None),
+               config=SearchConfig(strategy="mcts_sim", seed=0, **config))
+    return tree, pol
+
+
+def test_mcts_sim_expands_one_node_fully_and_samples_the_rest_of_the_rollout():
+    script = [_plans(4), [final("# Print\nprint(x + 1)\n")], [answer(1)]]
+    tree, pol = search(script, strategy="mcts_sim", candidates=4, rollouts=1)
+    assert [(depth, n) for depth, n, _ in pol.calls] == [(0, 4), (1, 1), (2, 1)]
+    assert len(children(tree, tree.root)) == 4
+    [t] = tree.terminals()
+    assert [len(nd.children) for nd in tree.path(t)] == [4, 1, 1, 0]   # one child below the root's level
+    tree, pol = search(script, strategy="mcts", candidates=4, rollouts=1)
+    assert [(depth, n) for depth, n, _ in pol.calls] == [(0, 4), (1, 4), (2, 4)]  # K at every level
+
+
+def test_mcts_sim_gives_a_simulated_node_its_other_candidates_when_selection_reaches_it():
+    script = [[code("# Step 1: start\na = 2\n")], [final("# Print\nprint(a + 3)\n"), final("# Print\nprint(a + 4)\n"),
+                                                   final("# Print\nprint(a * 3)\n")], [answer(5), answer(6)]]
+    tree, pol = sim_search(script, candidates=3, rollouts=2)
+    # rollout 1: the root gets its one distinct step, below it one sampled final step, then an answer;
+    # rollout 2: selection reaches the sampled node ("start") and draws its other 2 candidates
+    assert [(depth, n) for depth, n, _ in pol.calls][:4] == [(0, 3), (1, 1), (2, 1), (1, 2)]
+    [start] = children(tree, tree.root)
+    assert sorted(nd.output for nd in children(tree, start)) == ["5\n", "6\n", "6\n"]  # the first one not drawn twice
+    texts = [" ".join(nd.text.split()) for nd in children(tree, start)]
+    assert len(texts) == len(set(texts))
+
+
+def test_mcts_sim_backs_up_a_dead_sample_and_keeps_its_parent_open():
+    script = [[code("# Step 1: start\na = 2\n")],
+              [final("# Print\nprint(1 / 0)\n"), final("# Print\nprint(a + 3)\n")], [answer(5)]]
+    tree, pol = sim_search(script, candidates=2, rollouts=3, gold="5")
+    [start] = children(tree, tree.root)
+    dead, good = children(tree, start)
+    assert dead.status == DEAD and good.status != DEAD          # the second rollout drew the other one
+    assert tree.answer == "5" and tree.terminals()[0].correct
+    assert tree.root.n == 2 and tree.root.q == 0.0   # the dead sample backed up -1, the answer +1
+
+
+def test_mcts_sim_ends_when_every_candidate_is_drawn_and_closed():
+    script = [_plans(2), [final("# Print\nprint(x + 1)\n")], [answer(1)]]
+    tree, _ = sim_search(script, candidates=2, rollouts=50, gold="1")
+    assert tree.meta["stopped"] == "search space exhausted"
+    assert len(tree.terminals()) == 2 and all(nd.n >= 1 for nd in tree.nodes)
+    # a fixed policy repeats itself: a node's later draws add nothing new, and it closes
+    tree, _ = search(script, strategy="mcts_sim", candidates=2, rollouts=50, gold="1")
+    assert tree.meta["stopped"] == "search space exhausted" and len(tree.terminals()) == 2
+
+
 # -- beam search --
 
 def test_beam_keeps_the_best_children_by_ppm_and_needs_a_ppm():

@@ -102,19 +102,21 @@ def test_mcts_with_ground_truth_prefers_correct_branch_and_drops_duplicates():
     assert tree.meta["stopped"] in (None, "search space exhausted")
 
 
-def test_mcts_is_reproducible_for_a_seed():
+@pytest.mark.parametrize("strategy", ["mcts", "mcts_sim"])
+def test_mcts_is_reproducible_for_a_seed(strategy):
     def go(seed):
         t = run(PROBLEM, policy=ScriptedPolicy(_script()), executor=InProcessExecutor(),
-                config=SearchConfig(rollouts=6, candidates=2, seed=seed))
+                config=SearchConfig(strategy=strategy, rollouts=6, candidates=2, seed=seed))
         return [(n.parent, n.text, n.q, n.n) for n in t.nodes]
     assert go(3) == go(3)
 
 
-def test_prefix_of_a_longer_search_is_the_tree_a_shorter_search_grows():
+@pytest.mark.parametrize("strategy", ["mcts", "mcts_sim"])
+def test_prefix_of_a_longer_search_is_the_tree_a_shorter_search_grows(strategy):
     def go(rollouts):
         return run(PROBLEM, policy=ScriptedPolicy(_script()), executor=InProcessExecutor(),
                    ppm=TablePPM({"a + 3": 0.8, "a * 3": -0.4, "start": 0.1}),
-                   config=SearchConfig(rollouts=rollouts, candidates=3, seed=1))
+                   config=SearchConfig(strategy=strategy, rollouts=rollouts, candidates=3, seed=1))
     long, short = go(6), go(2)
     assert len(long.meta["rollout_nodes"]) == long.meta["stats"]["rollouts"]
     assert long.meta["rollout_nodes"] == sorted(long.meta["rollout_nodes"])
@@ -261,7 +263,7 @@ def test_a_prompt_longer_than_the_context_window_returns_a_tree_without_answer()
     assert Tree.from_json(tree.to_json()).root.reason == tree.root.reason
 
 
-@pytest.mark.parametrize("strategy", ["mcts", "majority", "greedy"])
+@pytest.mark.parametrize("strategy", ["mcts", "mcts_sim", "majority", "greedy"])
 def test_every_step_keeps_the_logprob_its_candidate_was_generated_with(strategy):
     from dataclasses import replace
     script = [[replace(c, logprob=-0.5 * (i + 1) - d) for i, c in enumerate(opts)] for d, opts in enumerate(_script())]
