@@ -251,6 +251,9 @@ class Tree:
         if not isinstance(nodes, list) or not nodes or len(nodes) > MAX_TRACE_NODES:
             raise ValueError(f"trace must have 1..{MAX_TRACE_NODES} nodes")
         try:
+            for key in ("answer", "gold"):
+                if not isinstance(obj.get(key), (str, _OPT)):
+                    raise ValueError(f"the trace's {key!r} must be text or null, got {str(obj.get(key))[:40]!r}")
             tree = cls(str(obj["problem"]), str(obj["prompt"]), gold=obj.get("gold"))
             names = set(Node.__dataclass_fields__)
             tree.nodes = []
@@ -268,7 +271,11 @@ class Tree:
             if tree.best_path and (tree.best_path[0] != 0 or any(
                     not 0 <= b < len(nodes) or tree.nodes[b].parent != a for a, b in zip(tree.best_path, tree.best_path[1:]))):
                 raise ValueError("best_path is not a path down from the root")
-            tree.meta = dict(obj.get("meta") or {})
+            meta = obj.get("meta") or {}
+            if not isinstance(meta, dict):
+                raise ValueError("the trace's meta must be an object")
+            # keys the app reads, of another type than it writes, are dropped rather than trusted
+            tree.meta = {k: v for k, v in meta.items() if isinstance(v, _META_TYPES.get(k, object))}
             events = obj.get("events") or []
             if len(events) > EVENTS_PER_NODE * len(nodes):  # a replay would rebuild far more than the tree
                 raise ValueError(f"{len(events):,} events for {len(nodes):,} nodes (at most {EVENTS_PER_NODE} a node)")
@@ -304,7 +311,11 @@ _NUM, _OPT = (int, float), type(None)
 _FIELD_TYPES: dict[str, tuple] = {
     **{k: (str,) for k in ("kind", "text", "code", "output", "error", "status", "reason")},
     "answer": (str, _OPT), "correct": (bool, _OPT), "ppm": (*_NUM, _OPT), "logprob": (*_NUM, _OPT), "q": _NUM,
-    **{k: (int,) for k in ("id", "depth", "n", "tokens", "errors_in_row")}, "parent": (int, _OPT), "children": (list,)}
+    **{k: (int,) for k in ("id", "depth", "n", "tokens", "errors_in_row")}, "parent": (int, _OPT), "children": (list,),
+    "value": _NUM}  # "value" only in update events (Node.value is derived)
+_COUNTS = ("depth", "n", "tokens", "errors_in_row")  # never negative
+_META_TYPES: dict[str, type | tuple] = {"stats": dict, "config": dict, "vote": str, "stopped": (str, _OPT),
+                                         "engine": str, "title": str, "strategy": str}
 EVENT_KINDS = ("node", "update", "rollout", "done")
 
 
@@ -314,7 +325,8 @@ def _check_fields(d: dict, where: str) -> None:
         raise ValueError(f"{where} is not an object")
     for k, types in _FIELD_TYPES.items():
         v = d.get(k)
-        if k in d and (not isinstance(v, types) or (isinstance(v, float) and not math.isfinite(v))):
+        if k in d and (not isinstance(v, types) or isinstance(v, bool) and bool not in types
+                       or (isinstance(v, float) and not math.isfinite(v)) or (k in _COUNTS and v < 0)):
             raise ValueError(f"{where} has a bad {k!r}: {str(v)[:40]!r}")
 
 
@@ -328,4 +340,7 @@ def _event(e: dict, n_nodes: int, i: int) -> Event:
         raise ValueError(f"event {i} names node {nid!r}, not one of the trace's")
     if kind in ("node", "update"):
         _check_fields(data, f"event {i}")
+    if kind == "node" and not (data.get("id", nid) == nid and isinstance(data.get("parent"), int)
+                               and 0 <= data["parent"] < nid):
+        raise ValueError(f"event {i} adds node {nid} under a parent that does not precede it")
     return Event(kind, nid, dict(data))

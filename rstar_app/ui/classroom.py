@@ -10,15 +10,18 @@ the search rejected (code that crashed, wrong answers, dead ends) with the reaso
 from __future__ import annotations
 
 import html
+from typing import Iterator
 
 from ..grading import same_answer
 from ..solution import SolutionStep, solution_steps
 from ..tree import DEAD, ERROR, TERMINAL, Node, Tree
-from .events import event_label, replay
+from .events import TreeMirror, event_label, replay
 from .figure import figure_json
-from .mdtext import escape_dollars, step_title
+from .mdtext import code_block, code_span, escape_dollars, step_title
 
 MAX_GALLERY = 12
+
+
 def steps_of(tree: Tree | None) -> list[SolutionStep]:
     if tree is None or not tree.best_path:
         return []
@@ -28,11 +31,6 @@ def steps_of(tree: Tree | None) -> list[SolutionStep]:
 def stage_count(tree: Tree | None) -> int:
     """Number of stages: a hint and a reveal per step, then the answer."""
     return 2 * len(steps_of(tree)) + 1 if tree is not None and tree.best_path else 0
-
-
-def _code_block(code: str) -> str:
-    fence = "````" if "```" in code else "```"
-    return f"{fence}python\n{code}\n{fence}"
 
 
 def reveal_markdown(tree: Tree | None, stage: int) -> str:
@@ -51,9 +49,9 @@ def reveal_markdown(tree: Tree | None, stage: int) -> str:
     for st in steps[:full]:
         lines.append(f"### Step {st.index}: {escape_dollars(step_title(st.comment)) or '(code)'}")
         if st.code:
-            lines.append(_code_block(st.code))
+            lines.append(code_block(st.code, "python"))
         if st.output:
-            lines.append(f"**Printed:** `{st.output[:300]}`")
+            lines.append(f"**Printed:** {code_span(st.output[:300])}")
         lines.append("")
     if full < len(steps):
         nxt = steps[full]
@@ -63,7 +61,7 @@ def reveal_markdown(tree: Tree | None, stage: int) -> str:
         else:
             lines.append(f"_Step {nxt.index} of {len(steps)}: press **Next** for a hint._")
     elif stage >= total:
-        lines.append(f"## Answer\n\n$\\boxed{{{tree.answer}}}$")
+        lines.append(f"## Answer\n\n$\\boxed{{{escape_dollars(tree.answer or '')}}}$")
     else:
         lines.append("_All steps shown: press **Next** for the final answer._")
     return "\n".join(lines)
@@ -143,3 +141,21 @@ def replay_view(trace: Tree | None, k: int, revision: str = "replay") -> tuple[s
         return figure_json(trace, revision=revision), "This trace has no recorded events: showing the final tree."
     m = replay(trace, k)
     return figure_json(m.tree, revision=revision), event_label(trace, k) + f" ({len(m.tree.nodes)} nodes)"
+
+
+def replay_frames(trace: Tree, ks: list[int], revision: str = "replay") -> Iterator[tuple[int, str, str]]:
+    """(k, figure JSON, caption) for each k of an increasing list: replay_view's frames, but the
+    events are applied once, each frame continuing from the last (Play on a long trace rebuilt
+    the tree from event 0 for every frame)."""
+    m, done = TreeMirror(trace.problem, trace.prompt), 0
+    for k in ks:
+        k = max(0, min(k, len(trace.events)))
+        if k < done or not trace.events or k >= len(trace.events):
+            fig, caption = replay_view(trace, k, revision)  # the exact final tree, or a step back
+        else:
+            for ev in trace.events[done:k]:
+                m.apply(ev)
+            done = k
+            fig, caption = (figure_json(m.tree, revision=revision),
+                            event_label(trace, k) + f" ({len(m.tree.nodes)} nodes)")
+        yield k, fig, caption

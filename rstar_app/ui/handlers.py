@@ -22,7 +22,7 @@ from ..solution import solution_markdown
 from ..tree import MAX_TRACE_BYTES, Tree
 from . import classroom, inspector
 from .figure import figure_json
-from .mdtext import prose
+from .mdtext import code_span, escape_dollars, prose
 from .session import EngineHolder, SearchLine, Session, SessionStore, stream_search
 
 log = logging.getLogger("rstar_app.ui")
@@ -33,12 +33,17 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 LIMITS = {"rollouts": (1, 64), "candidates": (1, 8), "c_puct": (0.0, 10.0), "temperature": (0.0, 1.5),
           "seed": (0, 2**31 - 1), "time_limit": (0.0, float(os.environ.get("RSTAR_APP_MAX_SECONDS", 600)))}
 DEFAULTS = {"strategy": "mcts", "rollouts": 8, "candidates": 4, "c_puct": 2.0, "temperature": 0.7, "seed": 0,
-            "time_limit": 180.0}
+            "time_limit": min(180.0, LIMITS["time_limit"][1])}
+# An uploaded trace is held in memory while its tab is open (~15x its file size once loaded): the
+# page takes smaller files than the CLI (a search at the page's largest settings writes ~4 MB), and
+# all sessions together hold at most UPLOADS_BUDGET bytes of them.
+APP_TRACE_BYTES = min(MAX_TRACE_BYTES, 8_000_000)
+UPLOADS_BUDGET = int(os.environ.get("RSTAR_APP_UPLOADS_MB", 100)) * 1_000_000
 PICKER_EVERY_S = 2.0  # the node picker's choice list is refreshed less often than the figure
 
 
 def make_config(strategy="mcts", rollouts=8, candidates=4, c_puct=2.0, temperature=0.7, seed=0,
-                time_limit=180.0) -> SearchConfig:
+                time_limit=DEFAULTS["time_limit"]) -> SearchConfig:
     """Validated settings; ValueError with a message a user can act on."""
     vals = {}
     for name, v in (("rollouts", rollouts), ("candidates", candidates), ("seed", seed)):
@@ -74,18 +79,23 @@ def answer_card(tree: Tree | None) -> str:
     if tree.answer is None:
         return "### Answer\n\n_No answer found: every branch ended before printing a result "\
                "(try more rollouts or another seed)._"
+    # every text here may come from a shared trace file: escaped (see mdtext.escape_dollars)
     counts = tree.answer_counts()
-    votes = ", ".join(f"{a} ×{c}" for a, c in counts.most_common(5))
+    votes = ", ".join(f"{escape_dollars(a)} ×{c}" for a, c in counts.most_common(5))
     st = tree.meta.get("stats", {})
     extra = f"  \nTerminal answers found: {votes}" if votes else ""
     rule = RULE_WORDS.get(tree.meta.get("vote", ""))
     if rule and votes:
         extra += f"  \nChosen by {rule}"
     if tree.gold is not None:
-        extra += f"  \nGround truth: ${tree.gold}$"
-    return (f"### Answer: $\\boxed{{{tree.answer}}}$\n\n"
-            f"{st.get('rollouts', '?')} rollouts · {len(tree.nodes)} nodes · {st.get('tokens', '?')} tokens"
+        extra += f"  \nGround truth: ${escape_dollars(tree.gold)}$"
+    return (f"### Answer: $\\boxed{{{escape_dollars(tree.answer)}}}$\n\n"
+            f"{_count(st.get('rollouts'))} rollouts · {len(tree.nodes)} nodes · {_count(st.get('tokens'))} tokens"
             f"{extra}")
+
+
+def _count(x: object) -> str:
+    return str(x) if isinstance(x, int) and not isinstance(x, bool) else "?"
 
 
 def solution_view(tree: Tree | None) -> str:
@@ -97,8 +107,14 @@ def solution_view(tree: Tree | None) -> str:
     for line in solution_markdown(tree).split("\n"):
         if line.strip().startswith("```"):
             fenced = not fenced
-        keep = (fenced or line.strip().startswith(("```", "Output:")) or line.startswith("**Final answer:**"))
-        if not keep:  # "1. Step 1: ..." -> "1. ...": the list already numbers the steps
+        printed = re.match(r"^(\s*Output: )`(.*)`$", line)
+        if fenced or line.strip().startswith("```"):
+            pass
+        elif printed:  # the program's output, untrusted: a backtick in it must not end the span
+            line = printed.group(1) + code_span(printed.group(2))
+        elif line.startswith("**Final answer:**"):
+            line = f"**Final answer:** $\\boxed{{{escape_dollars(tree.answer or '')}}}$"
+        else:  # "1. Step 1: ..." -> "1. ...": the list already numbers the steps
             line = prose(re.sub(r"^(\d+)\. Step \1\s*[:.)-]\s*", r"\1. ", line, flags=re.IGNORECASE))
         out.append(line)
     return "\n".join(out)
@@ -127,12 +143,17 @@ class UI:
     def revision(self, s: Session) -> str:
         return f"{s.id}-{s.revision}"
 
-    def inspector_out(self, tree: Tree | None, node_id, c_puct=2.0) -> dict:
+    def inspector_out(self, tree: Tree | None, node_id, c_puct: float | None = None) -> dict:
+        """The inspector for one node; UCT with the c the tree was searched with (else `c_puct`,
+        the settings' slider, else 2)."""
         c = self.c
-        header, step, code, out = inspector.inspect(tree, node_id, c_puct)
+        used = (tree.meta.get("config") or {}).get("c_puct") if tree is not None else None
+        if isinstance(used, (int, float)) and not isinstance(used, bool):
+            c_puct = float(used)
+        header, step, code, out = inspector.inspect(tree, node_id, 2.0 if c_puct is None else c_puct)
         return {c.insp_header: header, c.insp_step: step, c.insp_code: code, c.insp_output: out}
 
-    def full_views(self, s: Session, tree: Tree | None, status: str, c_puct: float = 2.0) -> dict:
+    def full_views(self, s: Session, tree: Tree | None, status: str, c_puct: float | None = None) -> dict:
         """Every view of a finished tree: figure, picker, inspector, answer, downloads, classroom."""
         c = self.c
         s.stage = 0
@@ -147,11 +168,16 @@ class UI:
             **self.download_out(s, tree),
             **self.classroom_out(s, tree),
         }
+        out.update(self.replay_out(s, tree))
+        return out
+
+    def replay_out(self, s: Session, tree: Tree | None) -> dict:
+        """The replay at its end (the finished tree), its slider spanning the tree's events."""
+        c = self.c
         n_events = len(tree.events) if tree is not None else 0
         fig, caption = classroom.replay_view(tree, n_events, revision=self.revision(s) + "-replay")
-        out.update({c.replay_slider: gr.update(maximum=max(1, n_events), value=n_events),
-                    c.replay_view: fig, c.replay_caption: caption})
-        return out
+        return {c.replay_slider: gr.update(maximum=max(1, n_events), value=n_events),
+                c.replay_view: fig, c.replay_caption: caption}
 
     def download_out(self, s: Session, tree: Tree | None) -> dict:
         c = self.c
@@ -193,7 +219,8 @@ class UI:
         # in the picker, the inspector, answer and downloads would describe another problem's tree
         # (a refused problem leaves them all as they were)
         stale = {c.picker: gr.update(choices=[], value=None), c.answer: answer_card(None),
-                 c.solution: solution_view(None), **self.inspector_out(None, None), **self.download_out(s, None)}
+                 c.solution: solution_view(None), **self.inspector_out(None, None), **self.download_out(s, None),
+                 **self.classroom_out(s, None), **self.replay_out(s, None)}
         try:
             for p in stream_search(self.holder, self.line, problem or "", config, s.stop,
                                    on_live=lambda m: setattr(s, "live", m)):
@@ -232,22 +259,32 @@ class UI:
         s = self.session(request)
         node_id = (getattr(evt, "_data", None) or {}).get("node_id")
         tree = s.current()
-        return {self.c.picker: gr.update(value=node_id), **self.inspector_out(tree, node_id, c_puct or 2.0)}
+        return {self.c.picker: gr.update(value=node_id), **self.inspector_out(tree, node_id, c_puct)}
 
     def pick_node(self, node_id, c_puct, request: gr.Request):
         s = self.session(request)
-        return self.inspector_out(s.current(), node_id, c_puct or 2.0)
+        return self.inspector_out(s.current(), node_id, c_puct)
 
     # -- examples, upload --
+    def busy(self, s: Session) -> dict | None:
+        """The refusal while a search runs in this tab (also a toast: the search's next progress
+        line overwrites the status within a second), else None."""
+        if not s.running:
+            return None
+        msg = ("The search is stopping: wait for its partial tree." if s.stop.is_set()
+               else "A search is running in this tab: press Stop first.")
+        gr.Warning(msg)
+        return {self.c.status: msg}
+
     def open_example(self, index, request: gr.Request):
         s = self.session(request)
-        if s.running:
-            return {self.c.status: "A search is running in this tab: press Stop first."}
+        if (refused := self.busy(s)) is not None:
+            return refused
         try:
             title, tree = self.examples[int(index)]
         except (TypeError, ValueError, IndexError):
             return {self.c.status: "⚠️ No such example."}
-        s.tree = tree
+        s.tree, s.upload_bytes = tree, 0
         s.revision += 1
         who = tree.meta.get("engine")
         out = self.full_views(s, tree, f"Opened the recorded example “{title}” (no search was run"
@@ -258,26 +295,30 @@ class UI:
     def upload_trace(self, path, request: gr.Request):
         s = self.session(request)
         c = self.c
-        if s.running:
-            return {c.status: "A search is running in this tab: press Stop first."}
+        if (refused := self.busy(s)) is not None:
+            return refused
         if not path:
             return {c.status: "⚠️ No file received."}
         try:
             size = os.path.getsize(path)
-            if size > MAX_TRACE_BYTES:
-                raise ValueError(f"the file is {size:,} bytes; the limit is {MAX_TRACE_BYTES:,}")
+            if size > APP_TRACE_BYTES:
+                raise ValueError(f"the file is {size:,} bytes; this page opens traces up to {APP_TRACE_BYTES:,} "
+                                 "(`rstar-app` on the command line reads larger ones)")
+            if self.store.upload_bytes() - s.upload_bytes + size > UPLOADS_BUDGET:
+                raise ValueError("this server holds as many uploaded traces as it has room for; "
+                                 "try again later, or run the app on your own machine")
             with open(path, "rb") as f:
                 tree = Tree.from_json(f.read())
         except (OSError, ValueError) as e:
             return {c.status: f"⚠️ Could not open this trace: {e}"}
-        before = (s.tree, s.revision, s.stage)
-        s.tree = tree
+        before = (s.tree, s.revision, s.stage, s.upload_bytes)
+        s.tree, s.upload_bytes = tree, size
         s.revision += 1
         try:
             out = self.full_views(s, tree, f"Opened an uploaded trace ({len(tree.nodes)} nodes, "
                                            f"{len(tree.events)} events).")
         except Exception as e:  # noqa: BLE001 - a trace that loads but cannot be drawn: keep what was open
-            s.tree, s.revision, s.stage = before
+            s.tree, s.revision, s.stage, s.upload_bytes = before
             return {c.status: f"⚠️ Could not open this trace: {type(e).__name__}: {e}"}
         out[c.problem] = tree.problem
         return out
@@ -285,7 +326,7 @@ class UI:
     # -- classroom --
     def step(self, delta, request: gr.Request):
         s = self.session(request)
-        tree = s.tree
+        tree = None if s.running else s.tree  # the page shows no old walkthrough beside a new search
         total = classroom.stage_count(tree)
         s.stage = 0 if delta is None else max(0, min(total, s.stage + delta))
         return {self.c.class_md: classroom.reveal_markdown(tree, s.stage),
@@ -302,22 +343,31 @@ class UI:
 
     def replay_at(self, k, request: gr.Request):
         s = self.session(request)
-        fig, caption = classroom.replay_view(s.tree, int(k or 0), revision=self.revision(s) + "-replay")
+        try:
+            fig, caption = classroom.replay_view(s.tree, int(k or 0), revision=self.revision(s) + "-replay")
+        except Exception as e:  # noqa: BLE001 - a recorded event the figure cannot draw: say so, keep the page
+            return {self.c.replay_caption: f"⚠️ Cannot show event {k} of this trace: {type(e).__name__}: {e}"}
         return {self.c.replay_view: fig, self.c.replay_caption: caption}
 
     def replay_play(self, request: gr.Request):
-        """Animate the replay: about 12 frames per second of wall time, at most ~150 frames."""
+        """Animate the replay: about 12 frames per second of wall time, at most ~150 frames, each
+        frame applying only the events since the last one. Stops when another tree opens."""
         s = self.session(request)
-        tree = s.tree
+        tree, revision = s.tree, s.revision
         if tree is None or not tree.events:
             yield {self.c.replay_caption: "Nothing to replay yet."}
             return
         n = len(tree.events)
         stride = max(1, n // 150)
-        for k in list(range(0, n, stride)) + [n]:
-            fig, caption = classroom.replay_view(tree, k, revision=self.revision(s) + "-replay")
-            yield {self.c.replay_view: fig, self.c.replay_caption: caption, self.c.replay_slider: k}
-            time.sleep(0.08)
+        try:
+            for k, fig, caption in classroom.replay_frames(tree, list(range(0, n, stride)) + [n],
+                                                          revision=self.revision(s) + "-replay"):
+                if s.revision != revision:  # a search, example or upload replaced the tree
+                    return
+                yield {self.c.replay_view: fig, self.c.replay_caption: caption, self.c.replay_slider: k}
+                time.sleep(0.08)
+        except Exception as e:  # noqa: BLE001 - as in replay_at
+            yield {self.c.replay_caption: f"⚠️ The replay stopped: {type(e).__name__}: {e}"}
 
     def status_api(self) -> dict:
         """Server figures: the search line, sessions, engine state and memory (including the
@@ -341,7 +391,7 @@ class UI:
 
     # -- the public API --
     def api_solve(self, problem: str, rollouts: int = 8, candidates: int = 4, c_puct: float = 2.0,
-                  temperature: float = 0.7, seed: int = 0, time_limit: float = 180.0,
+                  temperature: float = 0.7, seed: int = 0, time_limit: float = DEFAULTS["time_limit"],
                   strategy: str = "mcts") -> Iterator[tuple[str, str, dict]]:
         """Solve a math word problem by tree search over code steps.
 

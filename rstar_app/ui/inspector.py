@@ -10,7 +10,7 @@ import math
 
 from ..tree import DEAD, ERROR, ROOT, TERMINAL, Node, Tree
 from .figure import CATEGORIES, category
-from .mdtext import escape_dollars, prose, step_title
+from .mdtext import code_block, escape_dollars, prose, step_title
 
 STATUS_WORDS = {
     ROOT: "the problem (root)",
@@ -89,9 +89,10 @@ def inspect(tree: Tree | None, node_id: int | None, c_puct: float = 2.0) -> tupl
     ]
     if node.status == TERMINAL:
         graded = {True: " (correct)", False: " (incorrect)"}.get(node.correct, "")
-        header += ["", f"**Answer:** ${node.answer}${graded}" if node.answer is not None else "**Answer:** –"]
+        header += ["", f"**Answer:** ${escape_dollars(node.answer)}${graded}" if node.answer is not None
+                   else "**Answer:** –"]
     if node.reason:
-        header += ["", f"**Why this branch ended:** {node.reason}"]
+        header += ["", f"**Why this branch ended:** {escape_dollars(node.reason)}"]
     elif node.status == ERROR:
         header += ["", "**The code failed**, but the branch may continue: the next step can fix it "
                        "(the failed code is left out of the program)."]
@@ -103,7 +104,7 @@ def inspect(tree: Tree | None, node_id: int | None, c_puct: float = 2.0) -> tupl
         comment = escape_dollars(step_title(_comment(node)))
         step = f"**Step {node.depth}.** " + (comment or "_(no comment: code only)_")
         if node.kind == "invalid":
-            step += "\n\n_The model's text could not be read as a step:_\n\n```text\n" + node.text[:1500] + "\n```"
+            step += "\n\n_The model's text could not be read as a step:_\n\n" + code_block(node.text[:1500], "text")
     if node.error:
         out = f"Error:\n{node.error}" + (f"\n\nPrinted before the error:\n{node.output}" if node.output.strip() else "")
     elif node.output.strip():

@@ -19,7 +19,7 @@ import plotly  # noqa: E402
 from ..config import STRATEGIES  # noqa: E402
 from .figure import figure_json  # noqa: E402
 from .handlers import DEFAULTS, LIMITS, UI  # noqa: E402
-from .session import EngineHolder  # noqa: E402
+from .session import SESSION_TTL_S, EngineHolder  # noqa: E402
 
 # plotly.js from the plotly Python package: the same version that wrote the figure JSON, served
 # by this app (no CDN). Its path is passed to launch(allowed_paths=...).
@@ -101,7 +101,9 @@ def build(holder: EngineHolder, *, max_waiting: int = 4) -> tuple[gr.Blocks, UI]
     ui = UI(holder, max_waiting=max_waiting)
     c = SimpleNamespace()
     ui.c = c
-    with gr.Blocks(title="rstar-app: watch a small model think", delete_cache=(3600, 3600)) as demo:
+    # Gradio's copies of the download files live as long as a session may (they were deleted
+    # after an hour while the page still offered them)
+    with gr.Blocks(title="rstar-app: watch a small model think", delete_cache=(3600, SESSION_TTL_S)) as demo:
         with gr.Row(elem_classes="rstar-teacher"):
             gr.Markdown("# rstar-app\nA 135M-parameter model solves math word problems by **tree search** over "
                         "steps written as Python code, run in a sandbox. Watch the tree grow, click any node, "

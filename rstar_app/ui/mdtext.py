@@ -51,3 +51,17 @@ def step_title(comment: str) -> str:
 def prose(text: str) -> str:
     """User or model prose for a LaTeX-enabled Markdown component."""
     return wrap_boxed(escape_dollars(text))
+
+
+def code_span(text: str) -> str:
+    """Inline code that cannot end early: a backtick in `text` (untrusted: a shared trace's output)
+    would close the span and let the rest render as Markdown, so it becomes a look-alike (U+02CB)."""
+    return "`" + " ".join(text.replace("`", "\u02cb").split("\n")) + "`"
+
+
+def code_block(text: str, lang: str = "") -> str:
+    """A fenced block whose fence is longer than any run of backticks inside, so `text` cannot
+    close it and continue as Markdown."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{text}\n{fence}"

@@ -314,6 +314,7 @@ class Session:
     revision: int = 0                   # bumped for each new tree: resets the plot's zoom
     files: Path | None = None           # downloads for this session
     last_seen: float = field(default_factory=time.monotonic)
+    upload_bytes: int = 0               # size of the uploaded trace `tree` came from (0: none)
 
     def current(self) -> Tree | None:
         """What the page shows: the live tree while a search runs, else the last one."""
@@ -329,16 +330,20 @@ class Session:
     def close(self) -> None:
         self.stop.set()
         self.tree = self.live = None
+        self.upload_bytes = 0
         if self.files is not None:
             shutil.rmtree(self.files, ignore_errors=True)
             self.files = None
+
+
+SESSION_TTL_S = 3 * 3600  # an idle tab's session (its tree, downloads) is kept this long
 
 
 class SessionStore:
     """Sessions by Gradio session hash. A closed tab (Gradio's unload event) drops its session at
     once; sessions idle for `ttl` seconds and the oldest beyond `capacity` are dropped too."""
 
-    def __init__(self, capacity: int = 500, ttl: float = 3 * 3600) -> None:
+    def __init__(self, capacity: int = 500, ttl: float = SESSION_TTL_S) -> None:
         self.capacity, self.ttl = capacity, ttl
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
@@ -370,3 +375,8 @@ class SessionStore:
     def __len__(self) -> int:
         with self._lock:
             return len(self._sessions)
+
+    def upload_bytes(self) -> int:
+        """Bytes of uploaded trace files the sessions hold (a loaded trace takes ~15x in memory)."""
+        with self._lock:
+            return sum(s.upload_bytes for s in self._sessions.values())

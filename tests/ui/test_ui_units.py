@@ -4,6 +4,7 @@ search line and stream_search (with a scripted policy and an in-process executor
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -329,7 +330,7 @@ def _nested(depth: int) -> str:
 
 
 BAD_TRACES = {  # name: (file content, built when the test runs; what the message says)
-    "huge-file": (lambda: _trace_text(problem="x" * 20_000_001), "the limit is 20,000,000"),
+    "huge-file": (lambda: _trace_text(problem="x" * 8_000_001), "this page opens traces up to 8,000,000"),
     "too-many-nodes": (lambda: _trace_text(nodes=[{"id": 0}] * 20_001), "1..20000 nodes"),
     "deeply-nested-list": (lambda: "[" * 100_000 + "]" * 100_000, "not a JSON trace"),
     "deeply-nested-meta": (lambda: _nested(100_000), "not a JSON trace"),
@@ -355,6 +356,15 @@ BAD_TRACES = {  # name: (file content, built when the test runs; what the messag
         {"kind": "node", "node_id": 1, "data": {"parent": 0, "text": ["not", "text"]}}]), "event 0 has a bad 'text'"),
     # a "solution" that repeats one node's code over and over
     "best-path-not-a-path": (lambda: _trace_text(best_path=[0, 1, 1, 1, 1]), "best_path is not a path"),
+    # values the answer card, the inspector's UCT or a replay frame would compute with
+    "answer-not-text": (lambda: _trace_text(answer=["5"]), "the trace's 'answer' must be text or null"),
+    "meta-not-an-object": (lambda: _trace_text(meta=["stats"]), "meta must be an object"),
+    "negative-visits": (lambda: _trace_text(nodes=[{"id": 0, "parent": None, "depth": 0, "n": -1}], best_path=[]),
+                        "node 0 has a bad 'n'"),
+    "update-value-as-text": (lambda: _trace_text(best_path=[], events=[
+        {"kind": "update", "node_id": 0, "data": {"value": "x"}}]), "event 0 has a bad 'value'"),
+    "event-adds-a-node-under-a-later-one": (lambda: _trace_text(best_path=[], events=[
+        {"kind": "node", "node_id": 1, "data": {"parent": 3}}]), "event 0 adds node 1 under a parent"),
 }
 
 
@@ -379,3 +389,75 @@ def test_untrusted_text_cannot_make_the_viewers_browser_fetch_anything():
     text = prose('See <img src="http://host/t.png"> and ![x](http://host/t.png); $5 if x < 3')
     assert "<img" not in text and "![" not in text
     assert "\\$5" in text and "x < 3" in text  # money and comparisons read as before
+
+
+def test_known_meta_keys_of_another_type_are_dropped_and_the_trace_opens(page, tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(_trace_text(meta={"vote": ["learned"], "stats": "lots", "config": {"c_puct": 0.5}, "x": [1]}))
+    out = page.upload_trace(str(path), None)
+    assert out[page.c.status].startswith("Opened an uploaded trace"), out[page.c.status]
+    tree = page.session(None).tree
+    assert tree.meta == {"config": {"c_puct": 0.5}, "x": [1]}
+    assert "? rollouts" in out[page.c.answer]
+    assert "UCT" in out[page.c.insp_header]
+
+
+def test_uploads_beyond_the_servers_budget_are_refused(page, tmp_path, monkeypatch):
+    from rstar_app.ui import handlers
+    path = tmp_path / "t.json"
+    path.write_text(_trace_text())
+    size = path.stat().st_size
+    other = page.store.get("another-tab")
+    monkeypatch.setattr(other, "upload_bytes", handlers.UPLOADS_BUDGET - size + 1)
+    status = page.upload_trace(str(path), None)[page.c.status]
+    assert "as many uploaded traces as it has room for" in status
+    monkeypatch.setattr(other, "upload_bytes", handlers.UPLOADS_BUDGET - size)
+    assert page.upload_trace(str(path), None)[page.c.status].startswith("Opened an uploaded trace")
+    assert page.session(None).upload_bytes == size
+    page.store.drop("another-tab")
+
+
+def test_text_from_a_shared_trace_reaches_no_view_as_markup(page, tmp_path):
+    """Answers, reasons and printed output of an uploaded trace, in every view that shows them."""
+    img = "![p](http://host/p.png)"
+    tree = search(rollouts=2)
+    t = tree.to_json()
+    t["answer"] = t["gold"] = f"1}}$ {img} $"
+    for nd in t["nodes"]:
+        if nd["kind"] == "answer":
+            nd["answer"] = f"5$ {img} $"
+        nd["reason"] = f"<img src=http://host/r.png> {img}"
+        if nd["output"]:
+            nd["output"] = f"5` {img} `"
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(t))
+    out = page.upload_trace(str(path), None)
+    assert out[page.c.status].startswith("Opened an uploaded trace"), out[page.c.status]
+    up = page.session(None).tree
+    shown = [out[page.c.answer], out[page.c.solution],
+             *(page.inspector_out(up, nd.id)[page.c.insp_header] for nd in up.nodes),
+             classroom.reveal_markdown(up, classroom.stage_count(up))]
+    for md in shown:  # what is inside code (a span or a fenced block) shows as text
+        outside = re.sub(r"`[^`\n]*`", "", re.sub(r"(?ms)^(`{3,}).*?^\1", "", md))
+        assert "<img" not in outside and "![" not in outside, md
+
+
+def test_code_spans_and_blocks_cannot_be_closed_by_their_text():
+    from rstar_app.ui.mdtext import code_block, code_span
+    assert code_span("a`b\nc") == "`aˋb c`"
+    block = code_block("x = 1\n```\n![p](http://h/p.png)", "python")
+    fence = block.split("\n")[0][:4]
+    assert fence == "````" and block.endswith("\n````") and block.count("````") == 2
+
+
+def test_replay_frames_match_replay_view_and_play_stops_when_another_tree_opens(page):
+    tree = search(rollouts=4)
+    n = len(tree.events)
+    ks = list(range(0, n, 3)) + [n]
+    assert [f[1:] for f in classroom.replay_frames(tree, ks, "r")] == [classroom.replay_view(tree, k, "r") for k in ks]
+    s = page.session(None)
+    s.tree, s.running = tree, False
+    frames = page.replay_play(None)
+    next(frames)
+    s.revision += 1  # an example, an upload or a search replaced the tree
+    assert list(frames) == []
