@@ -100,8 +100,10 @@ class Search:
         tree.backup(node, DEAD_REWARD)
 
     # -- expansion --
-    def expand(self, node: Node, *, n: int | None = None, temperature: float | None = None) -> list[Node]:
-        """Add up to n checked children under `node`; returns the live (non-dead) new children."""
+    def expand(self, node: Node, *, n: int | None = None, temperature: float | None = None,
+               greedy_first: bool | None = None) -> list[Node]:
+        """Add up to n checked children under `node`; returns the live (non-dead) new children.
+        `greedy_first` overrides the config's (a sampled continuation must not be the greedy step)."""
         c = self.config
         prefix = self.prepare(node)
         if prefix is None:
@@ -111,7 +113,7 @@ class Search:
         cands = self.policy.generate(
             prefix, n=c.candidates if n is None else n, max_tokens=c.max_step_tokens, temperature=temperature,
             top_p=c.top_p, top_k=c.top_k, seed=self.seed_for(node), stop=STOP,
-            greedy_first=c.greedy_first and temperature > 0,
+            greedy_first=(c.greedy_first if greedy_first is None else greedy_first) and temperature > 0,
         )
         self.gen_seconds += time.monotonic() - t0
         self.expansions += 1

@@ -12,12 +12,15 @@ policy). A node made that way holds a single child until a later rollout's selec
 then it gets its other K - 1 candidates, and so on below. Why: at 8 x 4 a rollout spends about K
 steps' tokens per level on a fresh path, and a tree ends in ~8 terminals where best-of-16 ends in
 ~16 at the same tokens; the answer rules need the terminals (training/RESULTS.md, "Search budget
-and strategy"). Same reward, backup and closing rules as `mcts`.
+and strategy"). Rewards, backups and closing as in `mcts`, plus: a simulated step is sampled, never
+the greedy one (greedy_first applies to full expansions); a node never holds more than K children;
+a walk that only finds nothing new to draw (a re-sample repeating a sibling) closes that node and
+walks again from the root, so every rollout backs up one reward until the tree is exhausted.
 """
 
 from __future__ import annotations
 
-from ..tree import DEAD, TERMINAL, Node, Tree
+from ..tree import DEAD, TERMINAL, Event, Node, Tree
 from .common import DEAD_REWARD, Search, backup_terminal, run_loop
 
 
@@ -34,7 +37,7 @@ def mcts_sim(s: Search) -> Tree:
 def _mcts(s: Search, *, simulate: bool) -> Tree:
     tree, c = s.tree, s.config
     closed: set[int] = set()
-    partial: set[int] = set()  # nodes holding the simulated child(ren) only: K - 1 candidates to come
+    partial: set[int] = set()  # nodes with fewer than K candidates drawn so far (mcts_sim only)
 
     def close(node: Node) -> bool:
         """Close `node` and every ancestor left without an open child (a partial node stays open:
@@ -50,15 +53,24 @@ def _mcts(s: Search, *, simulate: bool) -> Tree:
     def open_kids(node: Node) -> list[Node]:
         return [tree.nodes[i] for i in node.children if i not in closed]
 
-    def grow(node: Node, n: int, fresh: bool) -> None:
-        """Add up to n candidates under `node`; a fresh node with no valid one is a dead end."""
-        if not s.expand(node, n=n) and fresh and node.status != DEAD:
-            s.kill(node, "no valid next step among the candidates")
+    def grow(node: Node, n: int, greedy_first: bool | None = None) -> None:
+        """Add up to n candidates under `node`; a node none of whose candidates is valid is a dead
+        end (-1 backed up; a node that holds a terminal already, closed, is not)."""
+        s.expand(node, n=n, greedy_first=greedy_first)
         for i in node.children:
             if tree.nodes[i].status == DEAD:
                 closed.add(i)
+        if node.status != DEAD and node.id not in partial and all(tree.nodes[i].status == DEAD for i in node.children):
+            s.kill(node, "no valid next step among the candidates")
 
-    def rollout(_: int) -> bool:
+    def mark_dead(node: Node) -> None:
+        node.status, node.reason = DEAD, "no valid next step among the candidates"
+        tree.emit(Event("update", node.id, {"status": DEAD, "reason": node.reason}))
+
+    def descend() -> bool | None:
+        """One walk from the root. True/False (the root still open / closed) once a reward was
+        backed up or the root closed; None when the walk only closed a node it could draw
+        nothing new under (mcts_sim), so that the rollout walks again."""
         node, simulating = tree.root, False
         while True:
             s.check_cancel()
@@ -66,33 +78,46 @@ def _mcts(s: Search, *, simulate: bool) -> Tree:
                 backup_terminal(s, node)
                 return close(node)
             if simulating and (not node.children or not open_kids(node)):
-                # one sampled step; the node keeps room for the rest of its K candidates
+                # one sampled step (never the greedy one); the node keeps room for the rest of its K
                 before = len(node.children)
-                partial.add(node.id)
-                grow(node, 1, fresh=False)
-                if len(node.children) == before:  # the sample repeated a sibling: nothing new here
-                    partial.discard(node.id)
-                    if not open_kids(node):
-                        return close(node)
-                    simulating = False  # choose among the siblings as selection does
-                    continue
-                if tree.nodes[node.children[-1]].status == DEAD:
-                    tree.backup(node, DEAD_REWARD)  # this sample died: -1 up the path; the node
-                    return 0 not in closed          # keeps its other candidates for later
-                node = tree.nodes[node.children[-1]]
+                if before < c.candidates:
+                    partial.add(node.id)
+                    grow(node, 1, greedy_first=False)
+                if node.status == DEAD:  # prepare() found no room for a step: -1 already backed up
+                    return close(node)
+                if len(node.children) == before or len(node.children) >= c.candidates:
+                    partial.discard(node.id)  # all K drawn, or the sample repeated a sibling
+                if len(node.children) == before:
+                    return close(node) and None  # nothing new to draw here: walk again
+                new = tree.nodes[node.children[-1]]
+                if new.status == DEAD:  # this sample died: -1 up the path
+                    tree.backup(node, DEAD_REWARD)
+                    if node.id in partial or open_kids(node):
+                        return 0 not in closed
+                    if all(tree.nodes[i].status == DEAD for i in node.children):
+                        mark_dead(node)  # K candidates, none valid (its -1 is the one just backed up)
+                    return close(node)
+                node = new
                 continue
             if not simulating and (not node.children or node.id in partial):
-                fresh = not node.children
                 partial.discard(node.id)
                 if c.candidates > len(node.children):
-                    grow(node, c.candidates - len(node.children), fresh)
-                if node.status == DEAD or not open_kids(node):
+                    grow(node, c.candidates - len(node.children))
+                if node.status == DEAD:
                     return close(node)
+                if not open_kids(node):
+                    return close(node) and None
                 simulating = simulate
             kids = open_kids(node)
             if not kids:
-                return close(node)
+                return close(node) and None
             # max UCT; ties go to the earlier child so seeded runs are reproducible
             node = max(kids, key=lambda k: (tree.uct(k, c.c_puct), -k.id))
+
+    def rollout(_: int) -> bool:
+        while True:  # each walk that returns None closed a node, so this ends
+            more = descend()
+            if more is not None:
+                return more
 
     return run_loop(s, rollout)

@@ -185,6 +185,23 @@ def test_mcts_sim_backs_up_a_dead_sample_and_keeps_its_parent_open():
     assert tree.root.n == 2 and tree.root.q == 0.0   # the dead sample backed up -1, the answer +1
 
 
+def test_mcts_sim_never_samples_the_greedy_step_below_its_full_expansions():
+    script = [_plans(4), [final("# Print\nprint(x + 1)\n")], [answer(1)]]
+    _, pol = search(script, strategy="mcts_sim", candidates=4, rollouts=1, greedy_first=True)
+    assert [(n, g) for (_, n, _), g in zip(pol.calls, pol.greedy_first)] == [(4, True), (1, False), (1, False)]
+
+
+def test_every_mcts_sim_rollout_backs_up_one_reward_even_where_samples_repeat():
+    """A final step whose answers all agree: re-drawing under it adds nothing, and the rollout walks
+    again from the root instead of ending without a reward."""
+    script = [_plans(3), [final("# Print\nprint(1)\n"), final("# Print\nprint(1) \n")], [answer(1)]]
+    tree, _ = search(script, strategy="mcts_sim", candidates=3, rollouts=6, gold="1")
+    # three rollouts, one answer each; the fourth walk finds nothing left to draw and ends the search
+    assert tree.meta["stopped"] == "search space exhausted" and tree.meta["stats"]["rollouts"] == 4
+    assert tree.root.n == 3 and len(tree.terminals()) == 3
+    assert all(len(nd.children) <= 3 for nd in tree.nodes)
+
+
 def test_mcts_sim_ends_when_every_candidate_is_drawn_and_closed():
     script = [_plans(2), [final("# Print\nprint(x + 1)\n")], [answer(1)]]
     tree, _ = sim_search(script, candidates=2, rollouts=50, gold="1")
