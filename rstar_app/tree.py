@@ -319,10 +319,18 @@ _META_TYPES: dict[str, type | tuple] = {"stats": dict, "config": dict, "vote": s
 EVENT_KINDS = ("node", "update", "rollout", "done")
 
 
+_CHOICES = {"kind": ("root", "code", "final_code", "answer", "invalid"),
+            "status": (ROOT, OK, ERROR, DEAD, TERMINAL)}
+
+
 def _check_fields(d: dict, where: str) -> None:
-    """Node fields of the types a Tree holds, numbers finite: a figure or a replay must not fail on them."""
+    """Node fields of the types a Tree holds, numbers finite, kinds and statuses the known ones: a
+    figure or a replay must not fail on them, nor show a made-up status as text."""
     if not isinstance(d, dict):
         raise ValueError(f"{where} is not an object")
+    for k, allowed in _CHOICES.items():
+        if k in d and d[k] not in allowed:
+            raise ValueError(f"{where} has a bad {k!r}: {str(d[k])[:40]!r}")
     for k, types in _FIELD_TYPES.items():
         v = d.get(k)
         if k in d and (not isinstance(v, types) or isinstance(v, bool) and bool not in types

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from ..tree import Event, Node, Tree
+from .mdtext import escape_dollars
 
 _NODE_FIELDS = {f.name for f in fields(Node)}
 # fields an `update` event may change; anything else in its data (e.g. "value") is derived
@@ -69,7 +70,12 @@ def replay(trace: Tree, k: int) -> TreeMirror:
 
 
 def event_label(trace: Tree, k: int) -> str:
-    """A one-line description of event k (1-based: the event that the slider just applied)."""
+    """A one-line description of event k (1-based: the event that the slider just applied), as
+    Markdown-safe text (a shared trace's reasons and answers are untrusted)."""
+    return escape_dollars(_event_words(trace, k))
+
+
+def _event_words(trace: Tree, k: int) -> str:
     if k <= 0 or not trace.events:
         return "Start: only the problem (the root) exists."
     ev = trace.events[min(k, len(trace.events)) - 1]

@@ -18,11 +18,11 @@ from typing import Iterator
 import gradio as gr
 
 from ..config import STRATEGIES, SearchConfig
-from ..solution import solution_markdown
+from ..solution import solution_markdown, solution_steps
 from ..tree import MAX_TRACE_BYTES, Tree
 from . import classroom, inspector
 from .figure import figure_json
-from .mdtext import code_span, escape_dollars, prose
+from .mdtext import code_block, code_span, escape_dollars, prose, step_title
 from .session import EngineHolder, SearchLine, Session, SessionStore, stream_search
 
 log = logging.getLogger("rstar_app.ui")
@@ -99,25 +99,27 @@ def _count(x: object) -> str:
 
 
 def solution_view(tree: Tree | None) -> str:
-    """solution_markdown for the page: prose lines made LaTeX-safe ('$12' stays money, a bare
-    \\boxed{} renders); code blocks and the final-answer formula are left alone."""
+    """The chosen solution for the page, built from its steps (not by re-reading solution_markdown,
+    whose lines a step's text can make look like code fences): prose made LaTeX-safe and inert
+    ('$12' stays money, a bare \\boxed{} renders, no HTML tag or image), code and output in blocks
+    and spans their text cannot close."""
     if tree is None:
         return ""
-    out, fenced = [], False
-    for line in solution_markdown(tree).split("\n"):
-        if line.strip().startswith("```"):
-            fenced = not fenced
-        printed = re.match(r"^(\s*Output: )`(.*)`$", line)
-        if fenced or line.strip().startswith("```"):
-            pass
-        elif printed:  # the program's output, untrusted: a backtick in it must not end the span
-            line = printed.group(1) + code_span(printed.group(2))
-        elif line.startswith("**Final answer:**"):
-            line = f"**Final answer:** $\\boxed{{{escape_dollars(tree.answer or '')}}}$"
-        else:  # "1. Step 1: ..." -> "1. ...": the list already numbers the steps
-            line = prose(re.sub(r"^(\d+)\. Step \1\s*[:.)-]\s*", r"\1. ", line, flags=re.IGNORECASE))
-        out.append(line)
-    return "\n".join(out)
+    lines = [f"**Problem.** {prose(tree.problem)}", ""]
+    if not tree.best_path:
+        return "\n".join(lines + ["_No answer was found: every branch ended before printing a result._"])
+    for st in solution_steps(tree):
+        if st.kind == "answer":
+            lines += [f"**Answer.** {prose(st.comment)}", ""]
+            continue
+        lines.append(f"{st.index}. {prose(step_title(st.comment)) or '(code)'}")
+        if st.code:  # indented: the block belongs to the list item
+            lines += ["", *("   " + line for line in code_block(st.code, "python").split("\n"))]
+        if st.output:
+            lines += ["", f"   Output: {code_span(st.output[:300])}"]
+        lines.append("")
+    lines.append(f"**Final answer:** $\\boxed{{{escape_dollars(tree.answer or '')}}}$")
+    return "\n".join(lines)
 
 
 def _slug(text: str) -> str:
@@ -237,10 +239,11 @@ class UI:
                         last_picker, n_picker = time.monotonic(), len(p.tree.nodes)
                     yield out
                 elif p.phase == "done" and p.tree is not None:
-                    s.tree, s.live, s.running = p.tree, None, False
+                    s.tree, s.live, s.running, s.upload_bytes = p.tree, None, False, 0
                     yield self.full_views(s, p.tree, msg, config.c_puct)
-                elif p.phase == "failed" and p.tree is not None:  # the partial tree becomes the open one,
-                    s.tree, s.live, s.running = p.tree, None, False  # so the inspector reads what is drawn
+                elif p.phase == "failed" and p.tree is not None:
+                    # the partial tree becomes the open one, so the inspector reads what is drawn
+                    s.tree, s.live, s.running, s.upload_bytes = p.tree, None, False, 0
                     yield self.full_views(s, p.tree, "⚠️ " + msg, config.c_puct)
                 elif p.final:
                     yield {c.status: ("" if p.phase == "done" else "⚠️ ") + msg}
@@ -341,8 +344,12 @@ class UI:
     def step_reset(self, request: gr.Request):
         return self.step(None, request)
 
+    REPLAY_WAITS = "A search is running: its replay opens when it ends."
+
     def replay_at(self, k, request: gr.Request):
         s = self.session(request)
+        if s.running:
+            return {self.c.replay_caption: self.REPLAY_WAITS}
         try:
             fig, caption = classroom.replay_view(s.tree, int(k or 0), revision=self.revision(s) + "-replay")
         except Exception as e:  # noqa: BLE001 - a recorded event the figure cannot draw: say so, keep the page
@@ -354,6 +361,9 @@ class UI:
         frame applying only the events since the last one. Stops when another tree opens."""
         s = self.session(request)
         tree, revision = s.tree, s.revision
+        if s.running:
+            yield {self.c.replay_caption: self.REPLAY_WAITS}
+            return
         if tree is None or not tree.events:
             yield {self.c.replay_caption: "Nothing to replay yet."}
             return
@@ -362,8 +372,8 @@ class UI:
         try:
             for k, fig, caption in classroom.replay_frames(tree, list(range(0, n, stride)) + [n],
                                                           revision=self.revision(s) + "-replay"):
-                if s.revision != revision:  # a search, example or upload replaced the tree
-                    return
+                if s.revision != revision or s.running or s.tree is not tree:
+                    return  # a search started, or an example or upload replaced the tree
                 yield {self.c.replay_view: fig, self.c.replay_caption: caption, self.c.replay_slider: k}
                 time.sleep(0.08)
         except Exception as e:  # noqa: BLE001 - as in replay_at

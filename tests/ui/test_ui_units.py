@@ -4,7 +4,6 @@ search line and stream_search (with a scripted policy and an in-process executor
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 
@@ -365,6 +364,8 @@ BAD_TRACES = {  # name: (file content, built when the test runs; what the messag
         {"kind": "update", "node_id": 0, "data": {"value": "x"}}]), "event 0 has a bad 'value'"),
     "event-adds-a-node-under-a-later-one": (lambda: _trace_text(best_path=[], events=[
         {"kind": "node", "node_id": 1, "data": {"parent": 3}}]), "event 0 adds node 1 under a parent"),
+    "made-up-status": (lambda: _trace_text(nodes=[{"id": 0, "parent": None, "depth": 0, "status": "<b>ok</b>"}],
+                                           best_path=[]), "node 0 has a bad 'status'"),
 }
 
 
@@ -429,6 +430,12 @@ def test_text_from_a_shared_trace_reaches_no_view_as_markup(page, tmp_path):
         nd["reason"] = f"<img src=http://host/r.png> {img}"
         if nd["output"]:
             nd["output"] = f"5` {img} `"
+        if nd["kind"] in ("code", "final_code"):  # the first step's comment has a line like a code fence
+            fence = "# ```\n" if nd["depth"] == 1 else ""
+            nd["text"] = f"# Plan\n{fence}# <img src=http://host/c.png> {img}\n" + nd["code"]
+    for ev in t["events"]:
+        if ev["kind"] == "update":
+            ev["data"]["reason"] = f"<img src=http://host/e.png> {img}"
     path = tmp_path / "t.json"
     path.write_text(json.dumps(t))
     out = page.upload_trace(str(path), None)
@@ -436,10 +443,12 @@ def test_text_from_a_shared_trace_reaches_no_view_as_markup(page, tmp_path):
     up = page.session(None).tree
     shown = [out[page.c.answer], out[page.c.solution],
              *(page.inspector_out(up, nd.id)[page.c.insp_header] for nd in up.nodes),
-             classroom.reveal_markdown(up, classroom.stage_count(up))]
-    for md in shown:  # what is inside code (a span or a fenced block) shows as text
-        outside = re.sub(r"`[^`\n]*`", "", re.sub(r"(?ms)^(`{3,}).*?^\1", "", md))
-        assert "<img" not in outside and "![" not in outside, md
+             classroom.reveal_markdown(up, classroom.stage_count(up)),
+             *(classroom.replay_view(up, k)[1] for k in range(len(up.events) + 1))]
+    from markdown_it import MarkdownIt  # a CommonMark renderer that passes raw HTML through, as a
+    render = MarkdownIt("commonmark").render  # browser would get it: fences and spans as parsed
+    for md in shown:
+        assert "<img" not in render(md), md
 
 
 def test_code_spans_and_blocks_cannot_be_closed_by_their_text():
@@ -461,3 +470,17 @@ def test_replay_frames_match_replay_view_and_play_stops_when_another_tree_opens(
     next(frames)
     s.revision += 1  # an example, an upload or a search replaced the tree
     assert list(frames) == []
+
+
+def test_replay_waits_while_a_search_runs_and_uploads_stop_counting_once_replaced(page, tmp_path):
+    s = page.session(None)
+    s.tree, s.running = search(rollouts=2), True
+    assert page.replay_at(3, None)[page.c.replay_caption] == page.REPLAY_WAITS
+    assert list(page.replay_play(None)) == [{page.c.replay_caption: page.REPLAY_WAITS}]
+    s.running = False
+    path = tmp_path / "t.json"
+    path.write_text(_trace_text())
+    page.upload_trace(str(path), None)
+    assert s.upload_bytes == path.stat().st_size
+    page.open_example(0, None)
+    assert s.upload_bytes == 0
