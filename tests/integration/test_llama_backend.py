@@ -268,6 +268,29 @@ def test_best_of_n_on_the_shipped_engine_samples_in_waves_and_keeps_each_sample_
     assert [n.to_dict() for n in Tree.from_json(tree.to_json()).nodes] == [n.to_dict() for n in tree.nodes]
 
 
+def test_mcts_sim_on_the_shipped_engine_backs_up_one_reward_a_rollout():
+    """The sampled-rollout MCTS with the real policy, sandbox and PPM: every rollout ends in one
+    backed-up reward, no node holds more than K children, every live node is PPM-scored, and the
+    tree cut after 2 rollouts is what those 2 made."""
+    from rstar_app.config import SearchConfig
+    from rstar_app.engine import Engine
+    from rstar_app.tree import TERMINAL
+
+    engine = Engine.load(max_candidates=3, n_ctx=2048)
+    try:
+        tree = engine.solve(PROBLEM, SearchConfig(strategy="mcts_sim", rollouts=4, candidates=3, seed=1,
+                                                  time_limit=600))
+    finally:
+        engine.close()
+    rollouts = tree.meta["stats"]["rollouts"]
+    assert rollouts == len(tree.meta["rollout_nodes"]) and tree.meta["rollout_nodes"][-1] == len(tree.nodes)
+    assert tree.root.n == rollouts or (tree.meta["stopped"] == "search space exhausted" and tree.root.n == rollouts - 1)
+    assert all(len(n.children) <= 3 for n in tree.nodes)
+    assert len(tree.root.children) >= 1 and all(n.ppm is not None for n in tree.nodes[1:] if n.status != "dead")
+    assert all(n.status == TERMINAL for n in tree.terminals())
+    assert len(tree.prefix(2).nodes) == tree.meta["rollout_nodes"][1]
+
+
 def test_each_candidate_carries_the_logprob_a_teacher_forced_pass_gives_its_tokens(trained):
     """Candidate.logprob (summed while sampling, at temperature 1 whatever the sampler's) against
     token_logprobs over the same text + stop marker in one pass: the selector's lpmax / lpmean read
