@@ -28,7 +28,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_search_args(p: argparse.ArgumentParser, default_strategy: str = "mcts") -> None:
     g = p.add_argument_group("search")
-    g.add_argument("--strategy", choices=STRATEGIES, default=default_strategy)
+    g.add_argument("--strategy", choices=STRATEGIES, default=default_strategy,
+                   help="mcts: rStar-Math's tree search (K candidates at every node a rollout reaches); "
+                        "mcts_sim: the same, each rollout finished by single samples below the node it "
+                        "expands; best_of_n / majority: independent samples ranked by the answer rule / "
+                        "counted; greedy: one temperature-0 trajectory; beam: step-level beam search")
     g.add_argument("--rollouts", type=int, default=8)
     g.add_argument("--candidates", type=int, default=4)
     g.add_argument("--c", type=float, default=2.0, dest="c_puct", help="UCT exploration constant")
