@@ -14,8 +14,9 @@ steps' tokens per level on a fresh path, and a tree ends in ~8 terminals where b
 ~16 at the same tokens; the answer rules need the terminals (training/RESULTS.md, "Search budget
 and strategy"). Rewards, backups and closing as in `mcts`, plus: a simulated step is sampled, never
 the greedy one (greedy_first applies to full expansions); a node never holds more than K children;
-a walk that only finds nothing new to draw (a re-sample repeating a sibling) closes that node and
-walks again from the root, so every rollout backs up one reward until the tree is exhausted.
+a walk that only finds nothing new to draw (a re-sample repeating a sibling, or a node with all K
+candidates drawn and closed) closes that node and walks again from the root, so every rollout backs
+up one reward (a terminal's, or -1 where the candidates drawn died) until the tree is exhausted.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _mcts(s: Search, *, simulate: bool) -> Tree:
                 new = tree.nodes[node.children[-1]]
                 if new.status == DEAD:  # this sample died: -1 up the path
                     tree.backup(node, DEAD_REWARD)
-                    if node.id in partial or open_kids(node):
+                    if node.id in partial:
                         return 0 not in closed
                     if all(tree.nodes[i].status == DEAD for i in node.children):
                         mark_dead(node)  # K candidates, none valid (its -1 is the one just backed up)
@@ -101,11 +102,15 @@ def _mcts(s: Search, *, simulate: bool) -> Tree:
                 continue
             if not simulating and (not node.children or node.id in partial):
                 partial.discard(node.id)
-                if c.candidates > len(node.children):
-                    grow(node, c.candidates - len(node.children))
+                before = len(node.children)
+                if c.candidates > before:
+                    grow(node, c.candidates - before)
                 if node.status == DEAD:
                     return close(node)
                 if not open_kids(node):
+                    if len(node.children) > before:  # its last candidates all died: -1 up the path
+                        tree.backup(node, DEAD_REWARD)
+                        return close(node)
                     return close(node) and None
                 simulating = simulate
             kids = open_kids(node)
@@ -115,7 +120,8 @@ def _mcts(s: Search, *, simulate: bool) -> Tree:
             node = max(kids, key=lambda k: (tree.uct(k, c.c_puct), -k.id))
 
     def rollout(_: int) -> bool:
-        while True:  # each walk that returns None closed a node, so this ends
+        while True:  # each walk that returns None closes a node for good, and the tree is
+            # finite (at most K children a node, max_depth levels), so this ends
             more = descend()
             if more is not None:
                 return more

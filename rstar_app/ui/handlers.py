@@ -312,8 +312,8 @@ class UI:
                                  "try again later, or run the app on your own machine")
             with open(path, "rb") as f:
                 tree = Tree.from_json(f.read())
-        except (OSError, ValueError) as e:
-            return {c.status: f"⚠️ Could not open this trace: {e}"}
+        except (OSError, ValueError) as e:  # the message may quote the file's content: escaped
+            return {c.status: f"⚠️ Could not open this trace: {escape_dollars(str(e))}"}
         before = (s.tree, s.revision, s.stage, s.upload_bytes)
         s.tree, s.upload_bytes = tree, size
         s.revision += 1
@@ -322,7 +322,7 @@ class UI:
                                            f"{len(tree.events)} events).")
         except Exception as e:  # noqa: BLE001 - a trace that loads but cannot be drawn: keep what was open
             s.tree, s.revision, s.stage, s.upload_bytes = before
-            return {c.status: f"⚠️ Could not open this trace: {type(e).__name__}: {e}"}
+            return {c.status: f"⚠️ Could not open this trace: {type(e).__name__}: {escape_dollars(str(e))}"}
         out[c.problem] = tree.problem
         return out
 

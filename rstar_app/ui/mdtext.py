@@ -12,8 +12,10 @@ import re
 def escape_dollars(text: str) -> str:
     r"""'$12 an hour' -> '\$12 an hour', so it is not taken for the start of a formula. Also what
     would make a viewer's browser fetch something: an HTML tag ('<img src=...>' -> '&lt;img ...')
-    or a Markdown image ('![](http://...)' -> '!\[](...)'); a shared trace's text is untrusted."""
+    or a Markdown image ('![](http://...)' -> '!\[](...)'), and a line that would open a code
+    fence (what closes it could come from other text); a shared trace's text is untrusted."""
     text = re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text).replace("![", "!\\[")
+    text = re.sub(r"(?m)^(\s{0,3})(`{3,}|~{3,})", r"\1\\\2", text)
     return re.sub(r"(?<!\\)\$", r"\\$", text)
 
 

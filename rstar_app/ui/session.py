@@ -31,6 +31,7 @@ from ..config import SearchConfig
 from ..steps import ProblemError, clean_problem
 from ..tree import Tree
 from .events import TreeMirror
+from .mdtext import escape_dollars
 
 log = logging.getLogger("rstar_app.ui")
 
@@ -291,7 +292,7 @@ def stream_search(holder: EngineHolder, line: SearchLine, problem: str, config: 
             why = tree.meta.get("stopped")
             head = {"cancelled": "Stopped: partial tree kept.", "time limit": "Time limit reached.",
                     "token budget": "Token budget used up."}.get(why, "Done.")
-            ans = f"answer {tree.answer}" if tree.answer is not None else "no answer found"
+            ans = f"answer {escape_dollars(tree.answer)}" if tree.answer is not None else "no answer found"
             yield Progress("done", f"{head} {ans} · {st.get('rollouts', 0)} rollouts · {len(tree.nodes)} nodes · "
                                    f"{st.get('tokens', 0)} tokens · {st.get('seconds', 0):.0f} s", tree, st, notice, waited)
     finally:

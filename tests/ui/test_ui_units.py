@@ -369,6 +369,14 @@ BAD_TRACES = {  # name: (file content, built when the test runs; what the messag
 }
 
 
+def test_a_refused_traces_message_quotes_its_content_as_text(page, tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(_trace_text(nodes=[{"id": 0, "parent": None, "depth": 0, "status": "<img src=//h/s.png>"}],
+                                best_path=[]))
+    status = page.upload_trace(str(path), None)[page.c.status]
+    assert "bad 'status'" in status and "<img" not in status
+
+
 @pytest.mark.parametrize("name", list(BAD_TRACES))
 def test_a_bad_uploaded_trace_is_refused_with_a_message_and_the_page_goes_on(page, tmp_path, name):
     make, message = BAD_TRACES[name]
@@ -418,11 +426,11 @@ def test_uploads_beyond_the_servers_budget_are_refused(page, tmp_path, monkeypat
     page.store.drop("another-tab")
 
 
-def test_text_from_a_shared_trace_reaches_no_view_as_markup(page, tmp_path):
-    """Answers, reasons and printed output of an uploaded trace, in every view that shows them."""
+def _hostile_trace(variant: str) -> dict:
+    """A shared trace whose text tries to reach the page as HTML. Each variant alone: one fence
+    left open swallows the rest of the page into code and would hide the others."""
     img = "![p](http://host/p.png)"
-    tree = search(rollouts=2)
-    t = tree.to_json()
+    t = search(rollouts=2).to_json()
     t["answer"] = t["gold"] = f"1}}$ {img} $"
     for nd in t["nodes"]:
         if nd["kind"] == "answer":
@@ -430,23 +438,42 @@ def test_text_from_a_shared_trace_reaches_no_view_as_markup(page, tmp_path):
         nd["reason"] = f"<img src=http://host/r.png> {img}"
         if nd["output"]:
             nd["output"] = f"5` {img} `"
-        if nd["kind"] in ("code", "final_code"):  # the first step's comment has a line like a code fence
-            fence = "# ```\n" if nd["depth"] == 1 else ""
-            nd["text"] = f"# Plan\n{fence}# <img src=http://host/c.png> {img}\n" + nd["code"]
+        if nd["kind"] not in ("code", "final_code"):
+            continue
+        if variant == "fields":
+            nd["text"] = f"# Plan\n# <img src=http://host/c.png> {img}\n" + nd["code"]
+        elif variant == "comment-fence" and nd["depth"] == 1:  # a comment line that is a fence
+            nd["text"] = "# Plan\n# ```\n# <img src=http://host/c.png>\n" + nd["code"]
+        elif variant == "title-fence" and nd["depth"] == 2:  # a one-line title that opens a fence,
+            nd["text"] = "# ``` x\n" + nd["code"]             # closed by a line of its own code
+            nd["code"] += "```\n<img src=http://host/d.png>\n"
+        elif variant == "problem-fence" and nd["depth"] == 2:  # closes the problem's fence (below)
+            nd["code"] += "~~~\n<img src=http://host/d.png>\n"
+    if variant == "problem-fence":  # a problem line that opens a fence
+        t["problem"] += "\n~~~\n"
     for ev in t["events"]:
         if ev["kind"] == "update":
             ev["data"]["reason"] = f"<img src=http://host/e.png> {img}"
+    return t
+
+
+@pytest.mark.parametrize("variant", ["fields", "comment-fence", "title-fence", "problem-fence"])
+def test_text_from_a_shared_trace_reaches_no_view_as_markup(page, tmp_path, variant):
+    """Problem, step comments, code, answers, reasons and printed output of an uploaded trace, in
+    every view that shows them, rendered by a CommonMark parser that passes raw HTML through as a
+    browser would get it."""
+    from markdown_it import MarkdownIt
     path = tmp_path / "t.json"
-    path.write_text(json.dumps(t))
+    path.write_text(json.dumps(_hostile_trace(variant)))
     out = page.upload_trace(str(path), None)
     assert out[page.c.status].startswith("Opened an uploaded trace"), out[page.c.status]
     up = page.session(None).tree
     shown = [out[page.c.answer], out[page.c.solution],
              *(page.inspector_out(up, nd.id)[page.c.insp_header] for nd in up.nodes),
-             classroom.reveal_markdown(up, classroom.stage_count(up)),
+             *(page.inspector_out(up, nd.id)[page.c.insp_step] for nd in up.nodes),
+             *(classroom.reveal_markdown(up, k) for k in range(classroom.stage_count(up) + 1)),
              *(classroom.replay_view(up, k)[1] for k in range(len(up.events) + 1))]
-    from markdown_it import MarkdownIt  # a CommonMark renderer that passes raw HTML through, as a
-    render = MarkdownIt("commonmark").render  # browser would get it: fences and spans as parsed
+    render = MarkdownIt("commonmark").render
     for md in shown:
         assert "<img" not in render(md), md
 
