@@ -92,11 +92,15 @@ class Search:
             return 1.0 if node.correct else -1.0
         return node.ppm if node.ppm is not None else 0.0
 
+    def mark_dead(self, node: Node, reason: str, tree: Tree | None = None) -> None:
+        """Mark `node` a dead end, saying why (no reward is backed up: see kill)."""
+        node.status, node.reason = DEAD, reason
+        (self.tree if tree is None else tree).emit(Event("update", node.id, {"status": DEAD, "reason": reason}))
+
     def kill(self, node: Node, reason: str, tree: Tree | None = None) -> None:
         """A rollout ended in a dead end at `node`: mark it and back -1 up the path."""
         tree = self.tree if tree is None else tree
-        node.status, node.reason = DEAD, reason
-        tree.emit(Event("update", node.id, {"status": DEAD, "reason": reason}))
+        self.mark_dead(node, reason, tree)
         tree.backup(node, DEAD_REWARD)
 
     # -- expansion --
@@ -172,8 +176,7 @@ class Search:
                     try:
                         scores += self.ppm.score(prefix, [text])
                     except ContextFull as e:
-                        ch.status, ch.reason = DEAD, f"the PPM's context window is full ({e})"
-                        tree.emit(Event("update", ch.id, {"status": DEAD, "reason": ch.reason}))
+                        self.mark_dead(ch, f"the PPM's context window is full ({e})", tree)
                 live = [ch for ch in live if ch.status != DEAD]
             self.ppm_seconds += time.monotonic() - t0
             for ch, s in zip(live, scores):

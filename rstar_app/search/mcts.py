@@ -21,8 +21,11 @@ up one reward (a terminal's, or -1 where the candidates drawn died) until the tr
 
 from __future__ import annotations
 
-from ..tree import DEAD, TERMINAL, Event, Node, Tree
+from ..tree import DEAD, TERMINAL, Node, Tree
 from .common import DEAD_REWARD, Search, backup_terminal, run_loop
+
+
+NO_STEP = "no valid next step among the candidates"
 
 
 def mcts(s: Search) -> Tree:
@@ -62,11 +65,7 @@ def _mcts(s: Search, *, simulate: bool) -> Tree:
             if tree.nodes[i].status == DEAD:
                 closed.add(i)
         if node.status != DEAD and node.id not in partial and all(tree.nodes[i].status == DEAD for i in node.children):
-            s.kill(node, "no valid next step among the candidates")
-
-    def mark_dead(node: Node) -> None:
-        node.status, node.reason = DEAD, "no valid next step among the candidates"
-        tree.emit(Event("update", node.id, {"status": DEAD, "reason": node.reason}))
+            s.kill(node, NO_STEP)
 
     def descend() -> bool | None:
         """One walk from the root. True/False (the root still open / closed) once a reward was
@@ -96,7 +95,7 @@ def _mcts(s: Search, *, simulate: bool) -> Tree:
                     if node.id in partial:
                         return 0 not in closed
                     if all(tree.nodes[i].status == DEAD for i in node.children):
-                        mark_dead(node)  # K candidates, none valid (its -1 is the one just backed up)
+                        s.mark_dead(node, NO_STEP)  # K candidates, none valid (-1 just backed up)
                     return close(node)
                 node = new
                 continue
