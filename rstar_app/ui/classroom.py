@@ -133,29 +133,21 @@ def gallery_html(tree: Tree | None) -> str:
 
 
 # -- replay --
-def replay_view(trace: Tree | None, k: int, revision: str = "replay") -> tuple[str, str]:
-    """(figure JSON, caption) of the recorded search after its first k events."""
+def replay_view(trace: Tree | None, k: int, revision: str = "replay",
+                mirror: TreeMirror | None = None) -> tuple[str, str]:
+    """(figure JSON, caption) of the recorded search after its first k events (continuing
+    `mirror`, a replay of the same trace at an earlier k, when given)."""
     if trace is None:
         return figure_json(None, revision=revision), "No recorded search to replay yet."
     if not trace.events:
         return figure_json(trace, revision=revision), "This trace has no recorded events: showing the final tree."
-    m = replay(trace, k)
+    m = replay(trace, k, mirror)
     return figure_json(m.tree, revision=revision), event_label(trace, k) + f" ({len(m.tree.nodes)} nodes)"
 
 
 def replay_frames(trace: Tree, ks: list[int], revision: str = "replay") -> Iterator[tuple[int, str, str]]:
-    """(k, figure JSON, caption) for each k of an increasing list: replay_view's frames, but the
-    events are applied once, each frame continuing from the last (Play on a long trace rebuilt
-    the tree from event 0 for every frame)."""
-    m, done = TreeMirror(trace.problem, trace.prompt), 0
+    """(k, figure JSON, caption) for each k of an increasing list, as replay_view gives them, the
+    events applied once for all frames."""
+    m = TreeMirror(trace.problem, trace.prompt)
     for k in ks:
-        k = max(0, min(k, len(trace.events)))
-        if k < done or not trace.events or k >= len(trace.events):
-            fig, caption = replay_view(trace, k, revision)  # the exact final tree, or a step back
-        else:
-            for ev in trace.events[done:k]:
-                m.apply(ev)
-            done = k
-            fig, caption = (figure_json(m.tree, revision=revision),
-                            event_label(trace, k) + f" ({len(m.tree.nodes)} nodes)")
-        yield k, fig, caption
+        yield (k, *replay_view(trace, k, revision, mirror=m))

@@ -58,10 +58,13 @@ class TreeMirror:
             tree.best_path = [int(i) for i in data.get("best_path") or [] if 0 <= int(i) < n]
 
 
-def replay(trace: Tree, k: int) -> TreeMirror:
-    """The tree of a recorded search after its first k events (k is clamped to the event count)."""
-    m = TreeMirror(trace.problem, trace.prompt)
-    for ev in trace.events[: max(0, min(k, len(trace.events)))]:
+def replay(trace: Tree, k: int, mirror: TreeMirror | None = None) -> TreeMirror:
+    """The tree of a recorded search after its first k events (k is clamped to the event count).
+    With `mirror` (a replay of this trace at an earlier k), only the events since are applied to
+    it: Play's frames cost one pass over the events, not one each."""
+    k = max(0, min(k, len(trace.events)))
+    m = mirror if mirror is not None and mirror.count <= k else TreeMirror(trace.problem, trace.prompt)
+    for ev in trace.events[m.count:k]:
         m.apply(ev)
     if k >= len(trace.events):
         # the full replay shows the final tree exactly (older traces may lack a 'done' event)
