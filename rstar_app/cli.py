@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep each problem's tree as <out>/<run>.trees/<id>.json (for `python -m training.selection`)")
     e.add_argument("--from-trees", default=None, metavar="RUN.trees",
                    help="no search: re-apply --vote / --top-k-vote to a finished --save-trees run's trees "
-                        "(same problems; tokens and seconds from that run's rows; written as <run>-rv-vppm or "
+                        "(same problems; tokens and seconds from that run's rows; written as <run>-rv-vsel, <run>-rv-vppm or "
                         "<run>-rv-v<K>, never over the source)")
     e.add_argument("--tag", default=None, help="model label in the run name (default: 'weights', or 'base' with --policy)")
     _add_search_args(e, default_strategy="greedy")
