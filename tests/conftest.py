@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,3 +20,17 @@ def benchmark_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"benchmark data not found at {SHARED_DATA} (README: Data and licences)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def gsm8k_train():
+    """`rows(n)`: the first n GSM8K-train problems (what the pipeline's bootstrap reads); tests that
+    need them skip where the benchmark data is missing, like `benchmark_data`."""
+    from training.bootstrap import GSM8K_TRAIN
+    if not GSM8K_TRAIN.is_file():
+        pytest.skip(f"GSM8K train not found at {GSM8K_TRAIN} (README: Data and licences)")
+
+    def rows(n: int) -> list[dict]:
+        with open(GSM8K_TRAIN) as f:
+            return [json.loads(line) for _, line in zip(range(n), f)]
+    return rows

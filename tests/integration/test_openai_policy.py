@@ -65,3 +65,6 @@ def test_engine_search_runs_on_the_server_policy(server):
     finally:
         eng.close()
     assert len(tree.nodes) > 2 and tree.meta["policy"].endswith(server)
+    # the server's replies parsed into steps that ran: not only dead or invalid nodes
+    assert any(n.kind != "invalid" and n.status in ("ok", "terminal") for n in tree.nodes[1:]), [
+        (n.kind, n.status, n.reason) for n in tree.nodes[1:]]

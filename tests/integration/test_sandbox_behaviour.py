@@ -241,16 +241,18 @@ def _cpu_burner(cpu_seconds: float) -> str:
     return f"x = 0\nfor i in range({int(n * cpu_seconds / spent)}):\n    x += i\n"
 
 
-@pytest.mark.slow
 def test_cpu_budget_is_for_the_whole_cumulative_program():
-    step = _cpu_burner(0.45)
-    with Sandbox(limits=SandboxLimits(cpu_seconds=1.0, wall_seconds=20)) as s:
-        first = s.run([step])
-        assert first.ok, first.error
-        # each step alone fits the 1 s budget; four together do not, cached prefix or not
+    # the default suite's only check that a cached prefix's CPU time still counts: without it a
+    # program could split a long loop into steps, each under the budget (~2 s of CPU in all)
+    step = _cpu_burner(0.2)
+    with Sandbox(limits=SandboxLimits(cpu_seconds=0.6, wall_seconds=20)) as s:
+        two = s.run([step] * 2)
+        assert two.ok, two.error
+        # the two new steps (0.4 s) would fit the 0.6 s budget alone; with the cached two before
+        # them the program has spent 0.8 s
         four = s.run([step] * 4)
         assert four.kind == "timeout" and four.cached, four
-    with Sandbox(limits=SandboxLimits(cpu_seconds=1.0, wall_seconds=20, cache_mb=0)) as s:
+    with Sandbox(limits=SandboxLimits(cpu_seconds=0.6, wall_seconds=20, cache_mb=0)) as s:
         assert s.run([step] * 4).kind == "timeout"
 
 

@@ -211,13 +211,14 @@ def test_torch_ppm_scores_match_llama_ppm_with_the_same_head(tmp_path):
     t = TorchPPM(base_gguf_path(), head, device="cpu", dtype="float32").score(prefix, steps)
     ll = LlamaPPM(base_gguf_path(), head, n_threads=2, n_ctx=1024, max_candidates=4).score(prefix, steps)
     assert len(t) == len(ll) == 3
-    assert np.allclose(t, ll, atol=0.05), (t, ll)
-    assert np.ptp(t) > 0.01  # the head is not constant over these steps
+    assert np.allclose(t, ll, atol=0.03), (t, ll)  # measured: at most 0.013 apart
+    # not vacuous: the scores spread over more than the tolerance (0.135 measured), in the same order
+    assert np.ptp(t) > 0.1 and list(np.argsort(t)) == list(np.argsort(ll)), (t, ll)
 
 
-def test_gpu_check_script_runs_end_to_end_on_cpu_with_the_tiny_model(tiny, tmp_path):
-    from training.bootstrap import GSM8K_TRAIN, build
-    rows = [json.loads(l) for _, l in zip(range(6), open(GSM8K_TRAIN))]
+def test_gpu_check_script_runs_end_to_end_on_cpu_with_the_tiny_model(tiny, tmp_path, gsm8k_train):
+    from training.bootstrap import build
+    rows = gsm8k_train(6)
     trajectories, _ = build(rows, executor="local")
     data = tmp_path / "boot.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in trajectories))
@@ -268,4 +269,8 @@ def test_torch_ppm_loads_the_shipped_stacked_ppm_adapter_whose_ranks_differ(tmp_
              "# Multiply\npens = 4 * 2 * 10\nprint(pens)\n<end_of_step>"]
     t = TorchPPM(w.base, w.ppm_head, ppm_adapter=str(peft), device="cpu", dtype="float32").score(prefix, steps)
     ll = LlamaPPM(w.base, w.ppm_head, adapter=str(w.ppm_adapter), n_threads=2, n_ctx=1024, max_candidates=4)
-    assert np.allclose(t, ll.score(prefix, steps), atol=0.3), (t, ll.score(prefix, steps))
+    want = np.array(ll.score(prefix, steps))
+    assert np.allclose(t, want, atol=0.15), (t, want)  # measured: 0.05 apart at most
+    # the adapter is what brings torch there: the head alone lands far further away (0.33 measured)
+    bare = TorchPPM(w.base, w.ppm_head, device="cpu", dtype="float32").score(prefix, steps)
+    assert np.abs(np.array(bare) - want).max() > 3 * np.abs(np.array(t) - want).max(), (bare, t, want)

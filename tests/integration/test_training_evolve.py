@@ -40,11 +40,11 @@ def fake_trace(i: int) -> dict:
     return {"id": f"p{i}", "question": q, "gold": gold, "trace": t.to_json()}
 
 
-def test_three_rounds_bootstrap_then_full_round_then_ppm_only_round(tmp_path):
+def test_three_rounds_bootstrap_then_full_round_then_ppm_only_round(tmp_path, gsm8k_train):
     tiny = make_tiny_model(tmp_path / "tiny")
     boot = tmp_path / "boot.jsonl"
-    from training.bootstrap import GSM8K_TRAIN, build
-    rows = [json.loads(l) for _, l in zip(range(30), open(GSM8K_TRAIN))]
+    from training.bootstrap import build
+    rows = gsm8k_train(30)
     boot.write_text("".join(json.dumps(r) + "\n" for r in build(rows, executor="local")[0]))
     wd = tmp_path / "weights"
     wd.mkdir()

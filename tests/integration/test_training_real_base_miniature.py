@@ -15,12 +15,12 @@ from rstar_app.config import SearchConfig  # noqa: E402
 from rstar_app.engine import Engine  # noqa: E402
 from training import export as E  # noqa: E402
 from training import sft  # noqa: E402
-from training.bootstrap import GSM8K_TRAIN, build  # noqa: E402
+from training.bootstrap import build  # noqa: E402
 from training.common import base_gguf_path  # noqa: E402
 
 
-def test_sft_steps_on_the_real_base_export_and_drive_a_real_search(tmp_path):
-    rows = [json.loads(l) for _, l in zip(range(8), open(GSM8K_TRAIN))]
+def test_sft_steps_on_the_real_base_export_and_drive_a_real_search(tmp_path, gsm8k_train):
+    rows = gsm8k_train(8)
     trajectories, _ = build(rows, executor="local")
     assert len(trajectories) >= 4
     data = tmp_path / "boot.jsonl"

@@ -57,5 +57,6 @@ def test_rollouts_killed_with_sigkill_resume_and_lose_only_the_problem_in_flight
     rows = [json.loads(line) for line in data.splitlines()]  # every line is a whole row
     assert [r["id"] for r in rows] == ["p0", "p1", "p2"]
     done_before = complete.count(b"\n")
-    assert stats["skipped_done"] == done_before and stats["ran"] + stats["errors"] == 3 - done_before
-    assert all(r.get("trace", {}).get("format") == "rstar-app-trace" for r in rows if "error" not in r)
+    # a search that raised would leave an error row in place of a trace: none may here
+    assert stats["skipped_done"] == done_before and stats["ran"] == 3 - done_before and stats["errors"] == 0
+    assert all("error" not in r and r["trace"]["format"] == "rstar-app-trace" for r in rows)

@@ -27,9 +27,9 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from training.bootstrap import GSM8K_TRAIN, build
-    rows = [json.loads(l) for _, l in zip(range(40), open(GSM8K_TRAIN))]
+def data(tmp_path_factory, gsm8k_train):
+    from training.bootstrap import build
+    rows = gsm8k_train(40)
     out, _ = build(rows, executor="local")
     p = tmp_path_factory.mktemp("data") / "boot.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in out))

@@ -279,6 +279,24 @@ def test_waiting_searches_are_told_their_place_and_can_leave():
     first.close()
 
 
+def test_a_waiting_search_runs_when_the_one_before_it_ends():
+    holder = EngineHolder(lambda: fake_engine(delay=0.01))
+    line = SearchLine(max_waiting=2)
+    first = stream_search(holder, line, PROBLEM, SearchConfig(rollouts=3), threading.Event(), throttle=0.01)
+    assert next(first).phase in ("loading", "running")
+    second = stream_search(holder, line, PROBLEM, SearchConfig(rollouts=2, seed=1), threading.Event(), throttle=0.01)
+    assert next(second).phase == "waiting"
+    done1 = list(first)[-1]
+    assert done1.phase == "done" and done1.tree is not None
+    rest, deadline = [], time.monotonic() + 60  # a line that never lets it in fails, not hangs
+    for p in second:
+        rest.append(p)
+        assert time.monotonic() < deadline, rest[-1]
+    assert any(p.phase == "running" for p in rest)
+    assert rest[-1].phase == "done" and rest[-1].tree is not None and rest[-1].tree.meta["stats"]["rollouts"] == 2
+    assert line.length == 0 and line.snapshot()["ended"] == {"done": 2}
+
+
 def test_sessions_are_dropped_and_expire():
     store = SessionStore(capacity=2, ttl=3600)
     s = store.get("a")
