@@ -1,5 +1,5 @@
 """PPM training on the tiny Llama: learns a separable preference, resumes exactly, exports a stacked
-adapter + value head. The llama.cpp parity check on the real base is marked slow."""
+adapter + value head; on the real base, the exported PPM scores in llama.cpp as in torch."""
 
 import json
 from pathlib import Path
@@ -67,7 +67,6 @@ def test_split_is_by_problem():
     assert tr and ev and not ({p["problem_id"] for p in tr} & {p["problem_id"] for p in ev})
 
 
-@pytest.mark.slow
 def test_llama_ppm_scores_match_torch(tmp_path):
     """Stacked policy+PPM adapter GGUF + value head in rstar_app's LlamaPPM == torch ValueModel."""
     pytest.importorskip("llama_cpp")

@@ -176,8 +176,9 @@ def test_stop_in_the_page_keeps_the_partial_tree(browser, app_url, client):
     page.close()
 
 
-@pytest.mark.slow
 def test_projector_mode_and_replay(browser, app_url):
+    # no search: a recorded example, so the default suite checks the page's keyboard handler,
+    # projector class and replay wiring (Play, zoom kept across redraws)
     SCREENSHOTS.mkdir(exist_ok=True)
     page = open_page(browser, app_url)
     open_example(page, 0)
