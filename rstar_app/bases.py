@@ -8,7 +8,7 @@ truncated upload is refused rather than loaded.
 
     python -m rstar_app.bases list
     python -m rstar_app.bases fetch qwen2.5-coder-1.5b        # prints the GGUF's path
-    rstar-app solve "..." --policy "$(python -m rstar_app.bases path qwen2.5-coder-1.5b)" --no-ppm
+    rstar-app solve "..." --policy qwen2.5-coder-1.5b --strategy majority   # a name here works as --policy
 """
 
 from __future__ import annotations
@@ -72,6 +72,15 @@ def path(name: str, *, root: str | os.PathLike | None = None) -> Path | None:
     """The assembled GGUF of `name` if it is there at its recorded size (fetch checked its sha256), else None."""
     p = Path(root or default_root()) / _spec(name).filename
     return p if p.is_file() and p.stat().st_size == _spec(name).size else None
+
+
+def resolve(policy: str | os.PathLike) -> Path:
+    """A GGUF path as given, or the assembled file of a base named here (`--policy qwen2.5-coder-1.5b`)."""
+    if Path(policy).exists() or str(policy) not in BASES:
+        return Path(policy)
+    if (p := path(str(policy))) is None:
+        raise FileNotFoundError(f"base {policy} not found in {default_root()}: python -m rstar_app.bases fetch {policy}")
+    return p
 
 
 def assemble(wheels: Sequence[str | os.PathLike], member: str, out: str | os.PathLike, *,

@@ -13,7 +13,8 @@ from .tree import VOTE_RULES
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models (default: weights/manifest.json)")
     g.add_argument("--weights", help="weights directory with manifest.json")
-    g.add_argument("--policy", help="policy GGUF path (overrides the manifest)")
+    g.add_argument("--policy", help="policy GGUF path (overrides the manifest), or a base of "
+                                    "`python -m rstar_app.bases list` once fetched")
     g.add_argument("--policy-adapter", help="LoRA adapter GGUF for --policy")
     g.add_argument("--ppm", help="PPM GGUF path (default: the policy's base model)")
     g.add_argument("--ppm-adapter", help="LoRA adapter GGUF for the PPM")

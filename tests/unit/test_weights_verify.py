@@ -4,6 +4,7 @@ damaged adapter is named, not loaded (it would parse and quietly write nonsense)
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +31,32 @@ def test_a_missing_default_manifest_says_how_the_weights_get_there(monkeypatch, 
     with pytest.raises(WeightsError) as e:
         W.load_weights(tmp_path / "mine")  # a directory the user named: no install advice
     assert "pass --weights DIR" in str(e.value) and "editable" not in str(e.value)
+
+
+def test_another_policy_gguf_keeps_the_manifests_ppm_on_the_manifests_base(monkeypatch, tmp_path):
+    """`--policy` names the policy only: the shipped PPM adapter and head were trained on the
+    manifest's base and must load there (on a 1.5B policy they would not even fit)."""
+    pytest.importorskip("llama_cpp")
+    import rstar_app.models.llama_cpp as L
+    from rstar_app.weights import load_weights
+    loaded = {}
+
+    class Fake:
+        def __init__(self, kind, path, *a, adapter=None, **kw):
+            loaded[kind] = (Path(path), adapter)
+            self.name = kind
+
+        def close(self):
+            pass
+    monkeypatch.setattr(L, "LlamaPolicy", lambda path, **kw: Fake("policy", path, **kw))
+    monkeypatch.setattr(L, "LlamaPPM", lambda path, head, **kw: Fake("ppm", path, **kw))
+    other = tmp_path / "other-model.gguf"
+    other.write_bytes(b"GGUF")
+    w = load_weights()
+    engine = Engine.load(policy_path=other)
+    try:
+        assert loaded["policy"] == (other, None)
+        assert loaded["ppm"] == (w.base, str(w.ppm_adapter))
+        assert engine.few_shot and w.base in engine.model_files and other in engine.model_files
+    finally:
+        engine.executor.close()
