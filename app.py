@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; 0.0.0.0 on a Space)")
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--weights-dir", default=None, help="weights folder with manifest.json (default: weights/)")
-    p.add_argument("--policy", default=None, help="any GGUF to use as the policy instead of the manifest's")
+    p.add_argument("--policy", default=None, help="any GGUF to use as the policy instead of the manifest's, "
+                                                  "or a base fetched by `python -m rstar_app.bases`")
     p.add_argument("--no-ppm", action="store_true", help="search without the process preference model")
     p.add_argument("--max-waiting", type=int, default=None, help="searches allowed to wait in line (default 4)")
     args = p.parse_args(argv)

@@ -39,10 +39,12 @@ def base_gguf_path() -> Path:
 
 
 def resolve_base(base: str | os.PathLike | None) -> Path:
-    """'' / None / 'smollm2' -> the shipped GGUF; otherwise the given GGUF file or HF model directory."""
+    """'' / None / 'smollm2' -> the shipped GGUF; a base name of `python -m rstar_app.bases list`
+    (once fetched) -> its GGUF; otherwise the given GGUF file or HF model directory."""
     if base in (None, "", "smollm2", "default"):
         return base_gguf_path()
-    p = Path(base).expanduser()
+    from rstar_app.bases import resolve
+    p = resolve(Path(base).expanduser())
     if not p.exists():
         raise FileNotFoundError(f"base model {p} does not exist")
     return p

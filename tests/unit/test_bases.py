@@ -103,3 +103,12 @@ def test_resolve_takes_paths_as_given_and_names_once_fetched(tmp_path, fake_base
     (tmp_path / "fake").write_bytes(b"GGUF")  # a file of that name in the working directory wins
     monkeypatch.chdir(tmp_path)
     assert bases.resolve("fake") == Path("fake")
+
+
+def test_a_recipe_base_may_name_a_fetched_base(tmp_path, fake_base, monkeypatch):
+    from training.common import resolve_base
+    monkeypatch.setenv("RSTAR_APP_BASES", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="fetch fake"):
+        resolve_base("fake")
+    p = fetch("fake")
+    assert resolve_base("fake") == p
