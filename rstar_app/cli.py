@@ -16,7 +16,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--policy", help="policy GGUF path (overrides the manifest), or a base of "
                                     "`python -m rstar_app.bases list` once fetched")
     g.add_argument("--policy-adapter", help="LoRA adapter GGUF for --policy")
-    g.add_argument("--ppm", help="PPM GGUF path (default: the policy's base model)")
+    g.add_argument("--ppm", help="PPM GGUF path (default: the manifest's base; with --ppm-head and no "
+                                 "manifest PPM, the policy's GGUF)")
     g.add_argument("--ppm-adapter", help="LoRA adapter GGUF for the PPM")
     g.add_argument("--ppm-head", help="PPM value head (.npz with weight, bias)")
     g.add_argument("--no-ppm", action="store_true", help="search without a PPM")

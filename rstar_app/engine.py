@@ -93,8 +93,8 @@ class Engine:
             from .models.llama_cpp import LlamaPPM
             if ppm_head or ppm_path:
                 pbase, padapter = ppm_path or base, ppm_adapter
-            else:  # the manifest's PPM: its adapter and head fit the manifest's base, whatever the policy
-                pbase, padapter = w.base, w.ppm_adapter
+            else:  # the manifest's PPM head (and adapter unless one is given) on the manifest's base
+                pbase, padapter = w.base, ppm_adapter or w.ppm_adapter
             ppm = LlamaPPM(pbase, head, adapter=str(padapter) if padapter else None,
                            max_candidates=max_candidates, n_ctx=n_ctx, n_threads=n_threads)
         desc = w.describe(ppm=ppm is not None) if (w and not policy_path and not api_url) else (

