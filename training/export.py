@@ -10,6 +10,7 @@ llama.cpp (0.3.36 / vendored 0c1e570) adapter layout, as its loader checks it:
   Llama q/k: the GGUF base stores attn_q / attn_k rows permuted for its RoPE layout (transformers
   un-permutes them when it loads a GGUF), so lora_b of q and k gets the same row permutation
   (n_head for q, n_head_kv for k). lora_a is untouched (the permutation acts on output rows).
+  Other architectures (qwen2) keep the HF row order in their GGUF: their lora_b is written as is.
 
     python -m training.export --adapter runs/sft/adapter --out weights/policy-r1.gguf [--verify]
 """
@@ -52,7 +53,8 @@ def base_hparams(base: str | os.PathLike | None) -> dict:
                 "n_head_kv": int(get("attention.head_count_kv")), "n_layer": int(get("block_count")),
                 "hidden": int(get("embedding_length"))}
     cfg = json.loads((path / "config.json").read_text())
-    arch = {"LlamaForCausalLM": "llama"}.get((cfg.get("architectures") or ["LlamaForCausalLM"])[0], "llama")
+    arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}.get(
+        (cfg.get("architectures") or ["LlamaForCausalLM"])[0], "llama")
     return {"arch": arch, "n_head": cfg["num_attention_heads"],
             "n_head_kv": cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
             "n_layer": cfg["num_hidden_layers"], "hidden": cfg["hidden_size"]}
@@ -97,6 +99,11 @@ def lora_pairs(tensors: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np
     return out
 
 
+# architectures whose GGUF conversion reorders attn_q / attn_k rows (llama.cpp's LlamaModel does;
+# Qwen2Model and most others keep the HF order, and transformers undoes it for "llama" only)
+ROPE_PERMUTED = frozenset({"llama"})
+
+
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's q/k row order for RoPE: per head, interleave the two halves."""
     rows = w.shape[0]
@@ -127,7 +134,9 @@ def read_lora_gguf(path: str | os.PathLike, *, base=None) -> tuple[float, dict[s
     pairs = {}
     for stem, v in parts.items():
         a, b = v["lora_a"], v["lora_b"]
-        if ".attn_q." in stem:
+        if hp["arch"] not in ROPE_PERMUTED:
+            pass
+        elif ".attn_q." in stem:
             b = unpermute_rows(b, hp["n_head"])
         elif ".attn_k." in stem:
             b = unpermute_rows(b, hp["n_head_kv"])
@@ -205,7 +214,8 @@ def as_peft_dir(adapter: str | os.PathLike, cache_dir: str | os.PathLike, *, bas
 def write_lora_gguf(out: str | os.PathLike, pairs: dict[str, tuple[np.ndarray, np.ndarray]], *,
                     arch: str, alpha: float, n_head: int, n_head_kv: int, dtype: str = "f16",
                     name: str = "rstar-app LoRA", extra_kv: dict | None = None) -> Path:
-    """Write an adapter GGUF. `pairs` are in HF layout; q/k lora_b rows are permuted here."""
+    """Write an adapter GGUF. `pairs` are in HF layout; q/k lora_b rows are permuted here where the
+    architecture's GGUF permutes them (ROPE_PERMUTED)."""
     import gguf
     out = Path(out)
     np_dtype = {"f16": np.float16, "f32": np.float32}[dtype]
@@ -222,7 +232,9 @@ def write_lora_gguf(out: str | os.PathLike, pairs: dict[str, tuple[np.ndarray, n
             return (int(parts[1]), parts[2])
         for tname in sorted(pairs, key=order):
             a, b = (np.asarray(x, dtype=np.float32) for x in pairs[tname])
-            if ".attn_q." in tname:
+            if arch not in ROPE_PERMUTED:
+                pass
+            elif ".attn_q." in tname:
                 b = permute_rows(b, n_head)
             elif ".attn_k." in tname:
                 b = permute_rows(b, n_head_kv)
