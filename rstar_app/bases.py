@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("command", choices=["list", "fetch", "path"])
     ap.add_argument("name", nargs="?", help="a base from `list`")
     ap.add_argument("--root", default=None, help="folder for assembled bases (default: $RSTAR_APP_BASES or "
-                                                 "~/.cache/rstar-app/bases; --policy NAME looks there)")
+                                                 "~/.cache/rstar-app/bases; --policy NAME finds a base only there)")
     a = ap.parse_args(argv)
     if a.command == "list":
         for b in BASES.values():
