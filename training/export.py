@@ -104,6 +104,13 @@ def lora_pairs(tensors: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np
 ROPE_PERMUTED = frozenset({"llama"})
 
 
+def rope_heads(tensor: str, arch: str, n_head: int, n_head_kv: int) -> int | None:
+    """The head count by which the GGUF reorders `tensor`'s lora_b rows, or None if it keeps them."""
+    if arch not in ROPE_PERMUTED:
+        return None
+    return n_head if ".attn_q." in tensor else n_head_kv if ".attn_k." in tensor else None
+
+
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's q/k row order for RoPE: per head, interleave the two halves."""
     rows = w.shape[0]
@@ -134,12 +141,8 @@ def read_lora_gguf(path: str | os.PathLike, *, base=None) -> tuple[float, dict[s
     pairs = {}
     for stem, v in parts.items():
         a, b = v["lora_a"], v["lora_b"]
-        if hp["arch"] not in ROPE_PERMUTED:
-            pass
-        elif ".attn_q." in stem:
-            b = unpermute_rows(b, hp["n_head"])
-        elif ".attn_k." in stem:
-            b = unpermute_rows(b, hp["n_head_kv"])
+        if heads := rope_heads(stem, hp["arch"], hp["n_head"], hp["n_head_kv"]):
+            b = unpermute_rows(b, heads)
         pairs[stem] = (a, b)
     return alpha, pairs
 
@@ -232,12 +235,8 @@ def write_lora_gguf(out: str | os.PathLike, pairs: dict[str, tuple[np.ndarray, n
             return (int(parts[1]), parts[2])
         for tname in sorted(pairs, key=order):
             a, b = (np.asarray(x, dtype=np.float32) for x in pairs[tname])
-            if arch not in ROPE_PERMUTED:
-                pass
-            elif ".attn_q." in tname:
-                b = permute_rows(b, n_head)
-            elif ".attn_k." in tname:
-                b = permute_rows(b, n_head_kv)
+            if heads := rope_heads(tname, arch, n_head, n_head_kv):
+                b = permute_rows(b, heads)
             w.add_tensor(tname + ".lora_a", np.ascontiguousarray(a.astype(np_dtype)))
             w.add_tensor(tname + ".lora_b", np.ascontiguousarray(b.astype(np_dtype)))
         w.write_header_to_file()
